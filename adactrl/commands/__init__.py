@@ -1,0 +1,1 @@
+"""One module per `adactrl` subcommand: `add_parser(sub)` registers it; heavy imports wait for `run`."""

@@ -1,0 +1,78 @@
+"""The small interface every frozen MoE VLM implements (the embedded model now, MolmoE-1B later).
+
+Adapters only run the frozen model: no training, no logging, no timing. The executor composes
+these calls into one adaptive inference and measures each stage around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from adactrl.knobs import KnobSpace
+
+
+@runtime_checkable
+class MoEVLM(Protocol):
+    knob_space: KnobSpace
+    """The knob values this model allows."""
+    hidden_size: int
+    """Width of the language model's hidden state (d_model)."""
+    importance: tuple[float, ...]
+    """One score per block; higher means the block matters more (block 0 is always kept)."""
+    eos_token_id: int
+    max_context: int
+    """The longest prefill + decode sequence the model accepts."""
+
+    def tokenize(self, prompt: str) -> torch.Tensor:
+        """Prompt text -> token ids [T] (long). Raises ValueError on an empty prompt."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Generated ids -> answer text, stopping at end-of-sequence."""
+        ...
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """Frozen word embeddings: [T] -> [T, d_model]."""
+        ...
+
+    def preprocess(self, image: Image.Image, tier: str) -> torch.Tensor:
+        """An RGB image -> pixel crops for this tier [C, 3, H, W] (global crop first)."""
+        ...
+
+    def encode_vision(self, crops: torch.Tensor) -> torch.Tensor:
+        """Vision tower: [C, 3, H, W] -> patch features [C, P, d_vision]."""
+        ...
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Pool and project patch features to LLM image tokens: [C, P, d_vision] -> [N, d_model]."""
+        ...
+
+    def new_cache(self) -> Any:
+        """An empty KV cache for one request."""
+        ...
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        blocks: Sequence[int],
+        top_k: int,
+        cache: Any,
+        start: int,
+    ) -> torch.Tensor:
+        """Run the given blocks, in order, with MoE top-k set to `top_k`.
+
+        hidden: [1, T, d_model] for positions start..start+T-1. Returns [1, T, d_model].
+        """
+        ...
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: [1, T, d_model] -> [1, T, vocab]."""
+        ...
+
+    def embedding_norm(self) -> float:
+        """Mean L2 norm of the word embeddings: the scale at which the budget token enters."""
+        ...

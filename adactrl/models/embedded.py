@@ -1,0 +1,299 @@
+"""The embedded default model: a small MoE VLM built from transformers' native classes.
+
+A CLIP-style vision tower reads Molmo-style crops, 2x2 patch groups are concatenated and
+projected to the language model's width, and transformers' `OlmoeForCausalLM` (16 blocks,
+16 experts, top-8 by default) answers. It implements the `MoEVLM` adapter interface.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel, DynamicCache, OlmoeConfig, OlmoeForCausalLM
+
+from adactrl.knobs import KnobSpace
+from adactrl.models.preprocessing import CropConfig, make_crops
+from adactrl.models.tokenizer import WordTokenizer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+IMPORTANCE_FILE = "importance.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedConfig:
+    """Sizes of the embedded model. The defaults are the shipped model's."""
+
+    vocab_size: int
+    """Word-level vocabulary size, special tokens included."""
+    hidden_size: int = 128
+    """d_model of the language model."""
+    num_layers: int = 16
+    """Decoder blocks (MolmoE-1B has 16)."""
+    num_experts: int = 16
+    """Experts per MoE block."""
+    top_k: int = 8
+    """Default experts per token (MolmoE-1B uses 8)."""
+    expert_size: int = 64
+    """Hidden width of each expert's MLP."""
+    num_heads: int = 4
+    vision_hidden: int = 128
+    vision_layers: int = 3
+    vision_heads: int = 4
+    patch_size: int = 4
+    """Vision patch size in pixels; 2x2 groups of patches become one image token."""
+    max_context: int = 256
+    """Longest sequence (image tokens + prompt + budget token + answer)."""
+    max_answer_tokens: int = 4
+    pad_token_id: int = 0
+    bos_token_id: int = 2
+    eos_token_id: int = 3
+    crop: CropConfig = field(default_factory=CropConfig)
+
+    def __post_init__(self) -> None:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k {self.top_k} exceeds num_experts {self.num_experts}")
+        patches = self.crop.crop_size // self.patch_size
+        if self.crop.crop_size % self.patch_size or patches % 2:
+            raise ValueError(
+                f"crop_size {self.crop.crop_size} must be an even multiple of patch_size {self.patch_size} "
+                "so that 2x2 patch groups tile each crop"
+            )
+
+    @property
+    def tokens_per_crop(self) -> int:
+        side = self.crop.crop_size // self.patch_size // 2
+        return side * side
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["crop"]["tier_grids"] = [list(t) for t in self.crop.tier_grids]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EmbeddedConfig:
+        data = dict(data)
+        crop = dict(data.pop("crop"))
+        crop["tier_grids"] = tuple((str(t), int(g)) for t, g in crop["tier_grids"])
+        return cls(crop=CropConfig(**crop), **data)
+
+
+class EmbeddedVLM(nn.Module):
+    """The shipped small MoE VLM. Frozen at inference; `pretrain` trains it once."""
+
+    def __init__(
+        self,
+        config: EmbeddedConfig,
+        tokenizer: WordTokenizer,
+        importance: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vision = CLIPVisionModel(
+            CLIPVisionConfig(
+                image_size=config.crop.crop_size,
+                patch_size=config.patch_size,
+                hidden_size=config.vision_hidden,
+                intermediate_size=2 * config.vision_hidden,
+                num_hidden_layers=config.vision_layers,
+                num_attention_heads=config.vision_heads,
+            )
+        )
+        self.projector = nn.Sequential(
+            nn.Linear(4 * config.vision_hidden, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, config.hidden_size),
+        )
+        # One learned embedding per crop slot (global, each medium crop, each high crop) so the
+        # language model knows where a crop sits in the image.
+        self.crop_slots = {1 + g * g: offset for g, offset in _slot_offsets(config.crop)}
+        self.crop_embedding = nn.Embedding(
+            1 + sum(g * g for _, g in config.crop.tier_grids), config.hidden_size
+        )
+        self.lm = OlmoeForCausalLM(
+            OlmoeConfig(
+                vocab_size=config.vocab_size,
+                hidden_size=config.hidden_size,
+                intermediate_size=config.expert_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                num_key_value_heads=config.num_heads,
+                num_experts=config.num_experts,
+                num_experts_per_tok=config.top_k,
+                max_position_embeddings=config.max_context,
+                pad_token_id=config.pad_token_id,
+                bos_token_id=config.bos_token_id,
+                eos_token_id=config.eos_token_id,
+                norm_topk_prob=False,
+            )
+        )
+        self.knob_space = KnobSpace.from_model(config.num_layers, config.top_k, tiers=config.crop.tiers)
+        self.hidden_size = config.hidden_size
+        self.eos_token_id = config.eos_token_id
+        self.max_context = config.max_context
+        self.importance: tuple[float, ...] = (
+            tuple(float(s) for s in importance) if importance is not None else _depth_prior(config.num_layers)
+        )
+
+    # -- the MoEVLM adapter interface -------------------------------------------------------
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.lm.model.layers
+
+    def tokenize(self, prompt: str) -> torch.Tensor:
+        ids = self.tokenizer.encode(prompt)
+        limit = self.max_context - self.config.max_answer_tokens - 1 - self.max_image_tokens
+        if len(ids) > limit:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens; this model's context allows at most {limit} "
+                "prompt tokens beside the image, budget and answer tokens"
+            )
+        return torch.tensor(ids, dtype=torch.long)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.model.embed_tokens(ids)
+
+    def preprocess(self, image: Image.Image, tier: str) -> torch.Tensor:
+        return make_crops(image, tier, self.config.crop)
+
+    def encode_vision(self, crops: torch.Tensor) -> torch.Tensor:
+        # [C, 3, H, W] -> [C, P, d_v], the CLS position dropped
+        return self.vision(pixel_values=crops).last_hidden_state[:, 1:]
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        tokens = self.project_batch(features.unsqueeze(0))  # [1, C*P/4, d]
+        return tokens[0]
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.lm.config)
+
+    def run_blocks(
+        self,
+        hidden: torch.Tensor,
+        blocks: Sequence[int],
+        top_k: int,
+        cache: Any,
+        start: int,
+    ) -> torch.Tensor:
+        if not blocks:
+            return hidden
+        positions = torch.arange(start, start + hidden.shape[1], device=hidden.device).unsqueeze(0)
+        rotary = self.lm.model.rotary_emb(hidden, positions)
+        for index in blocks:
+            block = self.blocks[index]
+            block.mlp.gate.top_k = top_k
+            # No mask: sequences are unpadded (or right-padded in training) and causal
+            # attention is implied for multi-token inputs; a single decode token sees its past.
+            hidden = block(
+                hidden,
+                attention_mask=None,
+                position_ids=positions,
+                cache=cache,
+                use_cache=cache is not None,
+                position_embeddings=rotary,
+            )
+        return hidden
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.lm_head(self.lm.model.norm(hidden))
+
+    # -- batched pieces shared with pretraining ---------------------------------------------
+
+    @property
+    def max_image_tokens(self) -> int:
+        return max(self.config.crop.max_crops(t) for t in self.config.crop.tiers) * self.config.tokens_per_crop
+
+    def project_batch(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, C, P, d_v] -> [B, C * P/4, d]: concatenate 2x2 patch groups, project, add slots."""
+        batch, crops, patches, width = features.shape
+        side = int(patches**0.5)
+        grid = features.reshape(batch, crops, side // 2, 2, side // 2, 2, width)
+        groups = grid.permute(0, 1, 2, 4, 3, 5, 6).reshape(batch, crops, -1, 4 * width)
+        tokens = self.projector(groups)  # [B, C, P/4, d]
+        offset = self.crop_slots.get(crops)
+        if offset is None:
+            raise ValueError(f"{crops} crops match no tier; expected one of {sorted(self.crop_slots)}")
+        slots = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(offset, offset + crops - 1)])
+        tokens = tokens + self.crop_embedding(slots.to(tokens.device))[None, :, None, :]
+        return tokens.reshape(batch, -1, tokens.shape[-1])
+
+    def embedding_norm(self) -> float:
+        """Mean L2 norm of the word embeddings: the scale at which extra tokens are injected."""
+        return float(self.lm.model.embed_tokens.weight.detach().norm(dim=-1).mean())
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, dtype: torch.dtype = torch.float16) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to(dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+        self.tokenizer.tokenizer.save(str(directory / TOKENIZER_FILE))
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None) -> EmbeddedVLM:
+        """Load from a directory (the shipped weights by default), offline, in eval mode."""
+        directory = Path(directory) if directory is not None else shipped_model_dir()
+        missing = [f for f in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is not an embedded model directory (missing {missing}); "
+                "run `adactrl pretrain-embedded --output_dir DIR` to make one"
+            )
+        config = EmbeddedConfig.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+        tokenizer = WordTokenizer.from_file(str(directory / TOKENIZER_FILE))
+        importance = None
+        if (directory / IMPORTANCE_FILE).is_file():
+            importance = load_importance_scores(directory / IMPORTANCE_FILE, config.num_layers)
+        model = cls(config, tokenizer, importance)
+        state = {k: v.float() for k, v in load_file(str(directory / WEIGHTS_FILE)).items()}
+        model.load_state_dict(state)
+        model.eval().requires_grad_(False)
+        return model
+
+
+def shipped_model_dir() -> Path:
+    return Path(str(resources.files("adactrl.models") / "assets"))
+
+
+def load_importance_scores(path: str | Path, num_layers: int) -> tuple[float, ...]:
+    """Read an importance JSON (see `adactrl.models.importance`) and check it fits the model."""
+    try:
+        data = json.loads(Path(path).read_text())
+        scores = tuple(float(s) for s in data["scores"])
+    except FileNotFoundError:
+        raise FileNotFoundError(f"importance scores file not found: {path}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not an importance-scores JSON with a 'scores' list: {err}") from err
+    if len(scores) != num_layers:
+        raise ValueError(f"{path} has {len(scores)} scores but the model has {num_layers} blocks")
+    return scores
+
+
+def _slot_offsets(crop: CropConfig) -> list[tuple[int, int]]:
+    offsets, next_slot = [], 1
+    for _, grid in crop.tier_grids:
+        offsets.append((grid, next_slot))
+        next_slot += grid * grid
+    return offsets
+
+
+def _depth_prior(num_layers: int) -> tuple[float, ...]:
+    """Before scores are measured: earlier blocks count as more important."""
+    return tuple(float(num_layers - i) for i in range(num_layers))

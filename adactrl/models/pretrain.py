@@ -1,0 +1,197 @@
+"""Pretraining of the embedded model on the synthetic VQA set, with knobs drawn at random
+(tier, MoE top-k, which blocks run) so that accuracy degrades gradually as knobs go down.
+
+Fresh questions are drawn from the generator at every step (no epochs, no overfitting); a
+fixed validation split measures first-answer-token accuracy at the full plan.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adactrl.data.synthetic import FAMILIES, SyntheticVQAConfig, generate_sample, make_synthetic_vqa
+from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
+from adactrl.models.tokenizer import WordTokenizer, build_tokenizer
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Settings of `adactrl pretrain-embedded`. Defaults reproduce the shipped model."""
+
+    output_dir: str
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 48
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    full_plan_fraction: float = 0.35
+    """Share of steps run at the full plan; the rest draw tier, top-k and blocks at random."""
+    budget_slot_prob: float = 0.5
+    """Chance that a random budget-sized token is appended after the prompt, as the
+    controller's budget token will be, so the frozen model learns to read past it."""
+    eval_every: int = 250
+    eval_questions: int = 384
+    max_minutes: float | None = None
+    """Stop early after this much wall time (the schedule still decays as planned)."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1")
+        if not 0.0 <= self.full_plan_fraction <= 1.0 or not 0.0 <= self.budget_slot_prob <= 1.0:
+            raise ValueError("full_plan_fraction and budget_slot_prob are probabilities in [0, 1]")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class KnobDraw:
+    tier: str
+    insertion: int
+    top_k: int
+    blocks: tuple[int, ...]
+
+
+def draw_knobs(model: EmbeddedVLM, rng: np.random.Generator, full_plan_fraction: float) -> KnobDraw:
+    """A random plan; its blocks are a random subset so any importance ranking is covered."""
+    space = model.knob_space
+    if rng.random() < full_plan_fraction:
+        return KnobDraw(space.tiers[-1], 1, space.default_top_k, tuple(range(space.num_layers)))
+    tier = str(rng.choice(space.tiers))
+    insertion = int(rng.choice(space.insertion_positions))
+    top_k = int(rng.choice(space.top_k_values))
+    num_blocks = int(rng.choice(space.num_blocks_values))
+    later = rng.choice(np.arange(insertion, space.num_layers), size=num_blocks - insertion, replace=False)
+    return KnobDraw(tier, insertion, top_k, tuple(sorted([*range(insertion), *map(int, later)])))
+
+
+def answer_logits(
+    model: EmbeddedVLM,
+    images: list,
+    questions: list[str],
+    answers: list[str],
+    knobs: KnobDraw,
+    budget_slots: list[torch.Tensor | None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced batch: returns logits [B, L, V] and labels [B, L] (IGNORE off-answer)."""
+    crops = torch.stack([model.preprocess(im, knobs.tier) for im in images])  # [B, C, 3, H, W]
+    batch, num_crops = crops.shape[:2]
+    features = model.encode_vision(crops.flatten(0, 1))  # [B*C, P, d_v]
+    image_tokens = model.project_batch(features.reshape(batch, num_crops, *features.shape[1:]))  # [B, N, d]
+    rows, label_rows = [], []
+    for b in range(batch):
+        prompt = model.embed_tokens(torch.tensor(model.tokenizer.encode(questions[b])))
+        target = torch.tensor(model.tokenizer.encode(answers[b]) + [model.eos_token_id])
+        parts = [image_tokens[b], prompt]
+        if budget_slots[b] is not None:
+            parts.append(budget_slots[b].unsqueeze(0))
+        parts.append(model.embed_tokens(target[:-1]))
+        row = torch.cat(parts)  # [L_b, d]
+        labels = torch.full((row.shape[0],), IGNORE, dtype=torch.long)
+        labels[-len(target) :] = target  # position t predicts token t+1
+        rows.append(row)
+        label_rows.append(labels)
+    length = max(r.shape[0] for r in rows)
+    hidden = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # [B, L, d]
+    labels = torch.stack([F.pad(l, (0, length - l.shape[0]), value=IGNORE) for l in label_rows])  # [B, L]
+    head = knobs.blocks[: knobs.insertion]
+    hidden = model.run_blocks(hidden, head, model.knob_space.default_top_k, None, 0)
+    hidden = model.run_blocks(hidden, knobs.blocks[knobs.insertion :], knobs.top_k, None, 0)
+    return model.lm_logits(hidden), labels
+
+
+def first_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of rows whose first answer token is predicted right (answers are mostly 1 word)."""
+    first = (labels != IGNORE).int().argmax(dim=1)  # [B] first labelled position
+    rows = torch.arange(labels.shape[0])
+    return float((logits[rows, first].argmax(-1) == labels[rows, first]).float().mean())
+
+
+def build_model(seed: int, vocabulary: tuple[str, ...]) -> EmbeddedVLM:
+    torch.manual_seed(seed)
+    tokenizer = WordTokenizer(build_tokenizer(vocabulary))
+    return EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size), tokenizer)
+
+
+def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> EmbeddedVLM:
+    from adactrl.data.synthetic import VOCABULARY
+
+    model = build_model(config.seed, VOCABULARY)
+    model.train()
+    rng = np.random.default_rng([config.seed, 17])
+    val = make_synthetic_vqa(SyntheticVQAConfig(config.eval_questions, seed=config.seed, split="validation"))
+    val_rows = [val[i] for i in range(len(val))]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
+    started = time.monotonic()
+    norm = model.embedding_norm()
+    for step in range(config.steps):
+        knobs = draw_knobs(model, rng, config.full_plan_fraction)
+        samples = [
+            generate_sample(np.random.default_rng([config.seed, 99, step, b]), FAMILIES[int(rng.integers(len(FAMILIES)))])
+            for b in range(config.batch_size)
+        ]
+        if step % 50 == 0:
+            norm = model.embedding_norm()
+        slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < config.budget_slot_prob else None
+                 for _ in samples]
+        logits, labels = answer_logits(
+            model, [s.image for s in samples], [s.question for s in samples], [s.answer for s in samples], knobs, slots
+        )
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        minutes = (time.monotonic() - started) / 60
+        if step % config.eval_every == 0 or step == config.steps - 1:
+            acc = evaluate_full_plan(model, val_rows)
+            log(f"step {step:5d}  loss {loss.item():.3f}  val_first_token_acc {acc:.3f}  {minutes:.1f} min")
+        if config.max_minutes is not None and minutes > config.max_minutes:
+            log(f"stopping at step {step}: {config.max_minutes} minutes reached")
+            break
+    model.eval().requires_grad_(False)
+    model.save(Path(config.output_dir))
+    return model
+
+
+@torch.no_grad()
+def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 64) -> float:
+    was_training = model.training
+    model.eval()
+    space = model.knob_space
+    knobs = KnobDraw(space.tiers[-1], 1, space.default_top_k, tuple(range(space.num_layers)))
+    correct = 0.0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        logits, labels = answer_logits(
+            model, [r["image"] for r in chunk], [r["question"] for r in chunk], [r["answer"] for r in chunk],
+            knobs, [None] * len(chunk),
+        )
+        correct += first_token_accuracy(logits, labels) * len(chunk)
+    model.train(was_training)
+    return correct / len(rows)
+
+
+def _random_slot(rng: np.random.Generator, width: int, norm: float) -> torch.Tensor:
+    vector = torch.from_numpy(rng.standard_normal(width).astype(np.float32))
+    return vector / vector.norm() * norm
+
+
+def _lr_factor(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

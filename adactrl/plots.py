@@ -1,0 +1,43 @@
+"""PNG plots of sweeps and evaluations (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from adactrl.profiling import PlanSummary, pareto_frontier  # noqa: E402
+
+
+def plot_pareto(
+    summaries: Sequence[PlanSummary],
+    path: str | Path,
+    *,
+    title: str = "Static plans: accuracy vs latency",
+    extra_points: Sequence[tuple[str, float, float]] = (),
+) -> Path:
+    """Every plan coloured by tier, the frontier as a line; extra_points are (label, latency, accuracy)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tiers = sorted({s.tier for s in summaries}, key=[s.tier for s in summaries].index)
+    for tier in tiers:
+        points = [s for s in summaries if s.tier == tier]
+        ax.scatter([s.latency_ms for s in points], [s.accuracy for s in points], s=14, alpha=0.6, label=f"tier {tier}")
+    frontier = pareto_frontier(summaries)
+    ax.plot([s.latency_ms for s in frontier], [s.accuracy for s in frontier], "k-", lw=1.2, label="Pareto frontier")
+    for label, latency, accuracy in extra_points:
+        ax.scatter([latency], [accuracy], marker="*", s=90, label=label)
+    ax.set_xlabel("median end-to-end latency (ms)")
+    ax.set_ylabel("VQA accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

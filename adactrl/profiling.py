@@ -1,0 +1,142 @@
+"""The static sweep: every plan on every sample, with measured latency and VQA accuracy.
+
+One record per (sample, plan). `summarize` folds them into one row per plan and
+`pareto_frontier` keeps the plans no other plan beats on both accuracy and latency.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from adactrl.eval.vqa import vqa_score
+from adactrl.executor import StaticPolicy, execute
+from adactrl.knobs import Plan
+from adactrl.models.adapter import MoEVLM
+
+
+@dataclass(frozen=True)
+class SweepRecord:
+    question_id: int
+    family: str
+    plan: str
+    tier: str
+    insertion: int
+    top_k: int
+    num_blocks: int
+    answer: str
+    accuracy: float
+    num_image_tokens: int
+    num_prompt_tokens: int
+    num_output_tokens: int
+    latency_ms: float
+    vision_ms: float
+    projector_ms: float
+    prefill_ms: float
+    controller_ms: float
+    decode_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    plan: str
+    tier: str
+    top_k: int
+    num_blocks: int
+    accuracy: float
+    latency_ms: float
+    """Median end-to-end latency over the samples."""
+    p95_latency_ms: float
+    family_accuracy: dict[str, float]
+
+
+def sweep(
+    model: MoEVLM,
+    rows: Sequence[dict],
+    plans: Sequence[Plan],
+    *,
+    max_new_tokens: int = 4,
+    device: str = "cpu",
+    warmup: int = 3,
+    progress: Callable[[int], None] | None = None,
+) -> list[SweepRecord]:
+    """Run every plan on every row (dicts with image, question, answers, question_id, family).
+
+    Plans are interleaved per sample so that slow drift of a shared machine spreads evenly."""
+    if not rows or not plans:
+        raise ValueError("the sweep needs at least one sample and one plan")
+    for row in rows[:warmup]:
+        execute(model, row["image"], row["question"], StaticPolicy(plans[-1]), max_new_tokens=max_new_tokens, device=device)
+    records = []
+    for row in rows:
+        for plan in plans:
+            result = execute(
+                model, row["image"], row["question"], StaticPolicy(plan), max_new_tokens=max_new_tokens, device=device
+            )
+            ms = result.latency_ms
+            records.append(
+                SweepRecord(
+                    question_id=int(row["question_id"]),
+                    family=str(row.get("family", "")),
+                    plan=plan.name,
+                    tier=plan.tier,
+                    insertion=plan.insertion,
+                    top_k=plan.top_k,
+                    num_blocks=plan.num_blocks,
+                    answer=result.answer,
+                    accuracy=vqa_score(result.answer, row["answers"]),
+                    num_image_tokens=result.num_image_tokens,
+                    num_prompt_tokens=result.num_prompt_tokens,
+                    num_output_tokens=len(result.token_ids),
+                    latency_ms=ms["total"],
+                    vision_ms=ms["vision"],
+                    projector_ms=ms["projector"],
+                    prefill_ms=ms["prefill_pre"] + ms["prefill_post"],
+                    controller_ms=ms["controller"],
+                    decode_ms=ms["decode"],
+                )
+            )
+        if progress is not None:
+            progress(len(plans))
+    return records
+
+
+def summarize(records: Iterable[SweepRecord]) -> list[PlanSummary]:
+    by_plan: dict[str, list[SweepRecord]] = defaultdict(list)
+    for record in records:
+        by_plan[record.plan].append(record)
+    summaries = []
+    for name, group in by_plan.items():
+        families: dict[str, list[float]] = defaultdict(list)
+        for r in group:
+            families[r.family].append(r.accuracy)
+        latencies = sorted(r.latency_ms for r in group)
+        first = group[0]
+        summaries.append(
+            PlanSummary(
+                plan=name,
+                tier=first.tier,
+                top_k=first.top_k,
+                num_blocks=first.num_blocks,
+                accuracy=statistics.fmean(r.accuracy for r in group),
+                latency_ms=statistics.median(latencies),
+                p95_latency_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
+                family_accuracy={f: statistics.fmean(v) for f, v in sorted(families.items())},
+            )
+        )
+    return sorted(summaries, key=lambda s: s.latency_ms)
+
+
+def pareto_frontier(points: Sequence[PlanSummary]) -> list[PlanSummary]:
+    """Plans not dominated on (higher accuracy, lower latency), cheapest first."""
+    frontier, best = [], float("-inf")
+    for point in sorted(points, key=lambda p: (p.latency_ms, -p.accuracy)):
+        if point.accuracy > best:
+            frontier.append(point)
+            best = point.accuracy
+    return frontier

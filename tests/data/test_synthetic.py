@@ -1,0 +1,165 @@
+from collections import Counter
+
+import datasets
+import numpy as np
+import pytest
+
+import adactrl.data as data
+from adactrl.data import (
+    FAMILIES,
+    IMAGE_SIZE,
+    NUM_ANSWERS,
+    VOCABULARY,
+    VQA_FEATURES,
+    SyntheticVQAConfig,
+    canonical_answer,
+    generate_sample,
+    load_vqa_dataset,
+    make_synthetic_vqa,
+)
+from adactrl.data.synthetic import DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH, DIGITS, digit_box_pattern
+from adactrl.models.preprocessing import CropConfig, crop_boxes
+
+
+def _image_bytes(dataset: datasets.Dataset) -> list[bytes]:
+    return [row["bytes"] for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def _samples(family: str, n: int) -> list:
+    return [generate_sample(np.random.default_rng([5, i]), family) for i in range(n)]
+
+
+def test_same_config_gives_identical_dataset():
+    config = SyntheticVQAConfig(num_questions=12, seed=3)
+    first, second = make_synthetic_vqa(config), make_synthetic_vqa(config)
+    assert _image_bytes(first) == _image_bytes(second)
+    for column in ("question", "answers", "question_id", "family", "answer"):
+        assert first[column] == second[column]
+
+
+def test_different_seeds_give_different_images():
+    first = make_synthetic_vqa(SyntheticVQAConfig(num_questions=6, seed=0))
+    second = make_synthetic_vqa(SyntheticVQAConfig(num_questions=6, seed=1))
+    assert all(a != b for a, b in zip(_image_bytes(first), _image_bytes(second)))
+
+
+def test_splits_have_disjoint_ids_and_images():
+    sets = {s: make_synthetic_vqa(SyntheticVQAConfig(num_questions=6, split=s)) for s in data.SPLITS}
+    ids = [set(d["question_id"]) for d in sets.values()]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert _image_bytes(sets["train"])[0] != _image_bytes(sets["validation"])[0]
+
+
+def test_columns_types_and_majority_answers():
+    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=12))
+    assert dataset.features == VQA_FEATURES
+    assert dataset.column_names == ["image", "question", "answers", "question_id", "family", "answer"]
+    for row in dataset:
+        assert row["image"].mode == "RGB" and row["image"].size == (IMAGE_SIZE, IMAGE_SIZE)
+        assert len(row["answers"]) == NUM_ANSWERS
+        assert row["answer"] == canonical_answer(row["answers"])
+        assert row["answers"].count(row["answer"]) > NUM_ANSWERS // 2
+
+
+def test_families_are_round_robin_and_tokens_in_vocabulary():
+    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=60, seed=1))
+    assert dataset["family"] == list(FAMILIES) * 10
+    vocabulary = set(VOCABULARY)
+    for row in dataset:
+        for text in (row["question"], *row["answers"]):
+            assert set(text.split()) <= vocabulary, text
+
+
+def test_digit_glyph_is_drawn_at_native_resolution():
+    patterns = {d: digit_box_pattern(d) for d in DIGITS}
+    assert len({p.tobytes() for p in patterns.values()}) == len(DIGITS)
+    high_crops = crop_boxes(CropConfig(image_size=IMAGE_SIZE), "high")
+    for sample in _samples("digit", 20):
+        pixels = np.asarray(sample.image, dtype=np.float32)  # [H, W, 3]
+        # The ink is near black; the paper, the background and every object colour are lighter.
+        dark = pixels.mean(axis=2) < 60  # [H, W]
+        windows = np.lib.stride_tricks.sliding_window_view(dark, (DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH))
+        matches = {d: np.argwhere((windows == p).all(axis=(2, 3))) for d, p in patterns.items()}  # [M, 2]
+        assert {d: len(m) for d, m in matches.items() if len(m)} == {sample.answer: 1}
+        top, left = matches[sample.answer][0]
+        box = (left, top, left + DIGIT_BOX_WIDTH, top + DIGIT_BOX_HEIGHT)
+        # Legible at the high tier only if one native-resolution crop holds the whole box.
+        assert any(c[0] <= box[0] and c[1] <= box[1] and box[2] <= c[2] and box[3] <= c[3] for c in high_crops)
+
+
+def test_answer_distributions():
+    counts = Counter(s.answer for s in _samples("count", 300))
+    assert set(counts) == {"0", "1", "2", "3", "4", "5"}
+    assert all(counts[str(n)] > 40 for n in range(5)) and counts["5"] < 40
+    exists = Counter(s.answer for s in _samples("exists", 200))
+    assert 80 < exists["yes"] < 120
+    sides = Counter(s.answer for s in _samples("position", 100))
+    assert set(sides) == {"left", "right"}
+
+
+def test_canonical_answer_is_most_frequent_then_first():
+    assert canonical_answer(["2", "two", "2", "3"]) == "2"
+    assert canonical_answer(["no", "yes", "yes", "no"]) == "no"
+    with pytest.raises(ValueError, match="at least one answer"):
+        canonical_answer([])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_questions": 0}, "num_questions must be between 1"),
+        ({"num_questions": 5, "seed": -1}, "seed must be a non-negative"),
+        ({"num_questions": 5, "split": "val"}, "use one of \\['train', 'validation', 'test'\\]"),
+        ({"num_questions": 5, "families": ()}, "non-empty tuple"),
+        ({"num_questions": 5, "families": "digit"}, "non-empty tuple"),
+        ({"num_questions": 5, "families": ("digit", "ocr")}, "unknown families \\['ocr'\\]"),
+        ({"num_questions": 5, "families": ("digit", "digit")}, "list each family once"),
+    ],
+)
+def test_bad_config_raises_helpful_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticVQAConfig(**kwargs)
+
+
+def test_unknown_family_and_dataset_name_raise():
+    with pytest.raises(ValueError, match="choose from"):
+        generate_sample(np.random.default_rng(0), "ocr")
+    with pytest.raises(ValueError, match="'synthetic', 'text_vqa', 'vqav2', 'okvqa'"):
+        load_vqa_dataset("coco", split="train", num_samples=4, seed=0)
+
+
+def test_synthetic_through_registry():
+    dataset = load_vqa_dataset("synthetic", split="test", num_samples=3, seed=2)
+    assert dataset["question_id"] == [20_000_000, 20_000_001, 20_000_002]
+
+
+def test_real_dataset_rows_are_mapped_to_vqa_columns(monkeypatch):
+    image = generate_sample(np.random.default_rng(0), "color").image
+    # The shape of a VQAv2 row, with answers as records; nothing is downloaded.
+    raw = datasets.Dataset.from_dict(
+        {
+            "image": [image, image],
+            "question": ["what is it ?", "is it red ?"],
+            "question_type": ["what", "is"],
+            "answers": [
+                [{"answer": a, "answer_id": i} for i, a in enumerate(["dog", "cat", "dog"])],
+                [{"answer": a, "answer_id": i} for i, a in enumerate(["yes", "no", "no"])],
+            ],
+            "question_id": np.array([7, 8], dtype=np.int32),
+        }
+    )
+    monkeypatch.setattr(datasets, "load_dataset", lambda hf_id, split: raw)
+    dataset = load_vqa_dataset("vqav2", split="validation", num_samples=5, seed=0)
+    assert dataset.features == VQA_FEATURES
+    by_id = {row["question_id"]: row for row in dataset}
+    assert by_id[7]["answers"] == ["dog", "cat", "dog"] and by_id[7]["answer"] == "dog"
+    assert by_id[8]["answer"] == "no" and by_id[8]["family"] == "vqav2"
+
+
+def test_real_dataset_load_failure_explains_the_cache(monkeypatch):
+    def offline(hf_id, split):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="local Hugging Face cache"):
+        load_vqa_dataset("text_vqa", split="validation", num_samples=5, seed=0)
