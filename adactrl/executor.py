@@ -130,6 +130,10 @@ def execute(
     latency = timer.finish()
     latency = {name: latency.get(name, 0.0) for name in STAGES}
     latency["total"] = overall.finish()["total"]
+    # Copies made outside inference mode: the features are re-scored with gradients later, and
+    # an inference tensor (even a clone taken inside the mode) cannot enter autograd.
+    with torch.inference_mode(False):
+        language_feature, latency_token = language_feature.clone(), latency_token.clone()
     return InferenceResult(
         answer=model.detokenize(generated),
         token_ids=tuple(generated),
@@ -137,7 +141,7 @@ def execute(
         latency_ms=latency,
         num_image_tokens=int(image_tokens.shape[0]),
         num_prompt_tokens=int(prompt_ids.shape[0]),
-        language_feature=language_feature.detach().clone(),
-        latency_token=latency_token.detach().clone(),
+        language_feature=language_feature,
+        latency_token=latency_token,
     )
 

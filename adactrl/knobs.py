@@ -106,6 +106,11 @@ class KnobSpace:
         _check_member("insertion", insertion, self.insertion_positions)
         _check_member("top_k", top_k, self.top_k_values)
         _check_member("num_blocks", num_blocks, self.num_blocks_values)
+        if len(importance) != self.num_layers:
+            raise ValueError(
+                f"importance has {len(importance)} scores but the model has {self.num_layers} blocks; "
+                "pass one score per block"
+            )
         blocks = select_blocks(importance, num_blocks, insertion)
         return Plan(tier=tier, insertion=insertion, top_k=top_k, num_blocks=num_blocks, blocks=blocks)
 

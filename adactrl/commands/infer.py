@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         controller = Controller(ControllerConfig(d_model=model.hidden_size, seed=args.seed), model.knob_space)
         source = "untrained (no --controller given): knob choices are close to uniform"
-    controller.eval()
+    controller.to(args.device).eval()  # beside the model: stage 1 reads its features on that device
     out = adaptive_infer(
         model, controller, image, args.prompt, args.budget, max_new_tokens=args.max_new_tokens, device=args.device
     )

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-ACCEPTED_MODES = ("RGB", "RGBA", "LA", "L", "P", "CMYK")
+ACCEPTED_MODES = ("RGB", "RGBA", "LA", "L", "1", "P", "CMYK")
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class CropConfig:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Return an RGB image. Grey, palette and CMYK images are converted; alpha is composited
-    on white. Any other mode (16-bit, float) is refused rather than silently mis-scaled."""
+    """Return an RGB image. Grey, black-and-white, palette and CMYK images are converted; alpha
+    is composited on white. Any other mode (16-bit, float) is refused rather than silently mis-scaled."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected a PIL image, got {type(image).__name__}")
     if image.width == 0 or image.height == 0:
@@ -76,7 +76,7 @@ def load_image(path: str) -> Image.Image:
             return to_rgb(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except (OSError, SyntaxError) as err:
+    except (OSError, SyntaxError, ValueError) as err:  # ValueError: a mode to_rgb refuses
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 

@@ -1,0 +1,163 @@
+import json
+import shutil
+import socket
+import statistics
+
+import pytest
+import torch
+
+from adactrl.data import load_vqa_dataset
+from adactrl.eval.vqa import vqa_score
+from adactrl.executor import StaticPolicy, execute
+from adactrl.models.adapter import MoEVLM
+from adactrl.models.embedded import (
+    CONFIG_FILE,
+    IMPORTANCE_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    EmbeddedVLM,
+    shipped_model_dir,
+)
+
+
+def full_pass_logits(model: EmbeddedVLM, image, prompt: str) -> torch.Tensor:
+    """[T, vocab] logits of the whole prefix through every block at the default top-k."""
+    with torch.no_grad():
+        image_tokens = model.project(model.encode_vision(model.preprocess(image, "high")))
+        prefix = torch.cat([image_tokens, model.embed_tokens(model.tokenize(prompt))])[None]
+        hidden = model.run_blocks(prefix, range(model.config.num_layers), model.config.top_k, None, 0)
+        return model.lm_logits(hidden)[0]
+
+
+def test_embedded_model_implements_the_adapter(tiny_model):
+    assert isinstance(tiny_model, MoEVLM)
+    assert tiny_model.knob_space.num_layers == 8 and tiny_model.knob_space.default_top_k == 4
+    assert all(block.mlp.gate.top_k in (2, 3, 4) for block in tiny_model.blocks)
+
+
+def test_shipped_model_matches_molmoe_shape(shipped_model):
+    space = shipped_model.knob_space
+    assert (space.num_layers, space.default_top_k) == (16, 8)
+    assert space.sizes == (3, 5, 5, 5)
+    assert len(shipped_model.importance) == 16
+
+
+def test_shipped_model_loads_with_no_network(monkeypatch, synthetic_rows):
+    def no_network(*args, **kwargs):
+        raise OSError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = EmbeddedVLM.load()
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    row = synthetic_rows[0]
+    result = execute(model, row["image"], row["question"], StaticPolicy(model.knob_space.full_plan(model.importance)))
+    assert 1 <= len(result.token_ids) <= 4
+
+
+def test_save_load_round_trip_float32_is_exact(tiny_model, synthetic_rows, tmp_path):
+    tiny_model.save(tmp_path, dtype=torch.float32)
+    loaded = EmbeddedVLM.load(tmp_path)
+    assert loaded.config == tiny_model.config
+    for (name, a), b in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    image, prompt = synthetic_rows[4]["image"], synthetic_rows[4]["question"]
+    assert torch.equal(full_pass_logits(loaded, image, prompt), full_pass_logits(tiny_model, image, prompt))
+
+
+def test_save_load_round_trip_float16_rounds_the_weights(tiny_model, synthetic_rows, tmp_path):
+    tiny_model.save(tmp_path)  # fp16 storage by default
+    loaded = EmbeddedVLM.load(tmp_path)
+    for (name, a), b in zip(tiny_model.state_dict().items(), loaded.state_dict().values()):
+        assert b.dtype == a.dtype and torch.equal(b, a.half().float().to(a.dtype)), name
+    row = synthetic_rows[4]
+    torch.testing.assert_close(
+        full_pass_logits(loaded, row["image"], row["question"]),
+        full_pass_logits(tiny_model, row["image"], row["question"]),
+        atol=2e-2,
+        rtol=2e-2,
+    )
+
+
+def test_load_names_the_missing_files(tmp_path):
+    (tmp_path / CONFIG_FILE).write_text("{}")
+    with pytest.raises(FileNotFoundError, match=rf"\['{WEIGHTS_FILE}', '{TOKENIZER_FILE}'\]"):
+        EmbeddedVLM.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        EmbeddedVLM.load(tmp_path / "absent")
+
+
+@pytest.fixture
+def saved_tiny(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "tiny", dtype=torch.float32)
+    return tmp_path / "tiny"
+
+
+def test_importance_file_is_loaded_with_the_model(saved_tiny):
+    scores = [0.5, 0.1, 0.4, 0.2, 0.9, 0.3, 0.8, 0.7]
+    (saved_tiny / IMPORTANCE_FILE).write_text(json.dumps({"scores": scores}))
+    assert EmbeddedVLM.load(saved_tiny).importance == tuple(scores)
+
+
+def test_importance_file_with_the_wrong_block_count_is_refused(saved_tiny):
+    (saved_tiny / IMPORTANCE_FILE).write_text(json.dumps({"scores": [1.0] * 5}))
+    with pytest.raises(ValueError, match="has 5 scores but the model has 8 blocks"):
+        EmbeddedVLM.load(saved_tiny)
+
+
+def test_importance_file_without_scores_is_refused(saved_tiny):
+    (saved_tiny / IMPORTANCE_FILE).write_text(json.dumps({"ranking": [0, 1]}))
+    with pytest.raises(ValueError, match="'scores' list"):
+        EmbeddedVLM.load(saved_tiny)
+
+
+def test_without_importance_file_earlier_blocks_count_more(saved_tiny):
+    assert EmbeddedVLM.load(saved_tiny).importance == (8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0)
+
+
+def test_shipped_assets_are_complete():
+    directory = shipped_model_dir()
+    for name in (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE):
+        assert (directory / name).is_file(), name
+
+
+def test_copied_model_directory_loads(tmp_path, shipped_model):
+    copy = shutil.copytree(shipped_model_dir(), tmp_path / "model")
+    loaded = EmbeddedVLM.load(copy)
+    assert loaded.config == shipped_model.config
+
+
+def test_prompt_longer_than_the_context_is_refused(tiny_model):
+    # 256 context - 4 answer tokens - 1 budget token - 90 image tokens (high tier) = 161
+    with pytest.raises(ValueError, match="at most 161 prompt tokens"):
+        tiny_model.tokenize("what " * 162)
+    assert tiny_model.tokenize("what " * 161).shape == (161,)
+
+
+def test_project_refuses_a_crop_count_of_no_tier(tiny_model):
+    features = torch.zeros(3, 36, tiny_model.config.vision_hidden)  # 3 crops: no tier has 3
+    with pytest.raises(ValueError, match=r"3 crops match no tier; expected one of \[1, 5, 10\]"):
+        tiny_model.project(features)
+
+
+def test_embedding_norm_is_the_mean_word_embedding_norm(tiny_model):
+    weights = tiny_model.lm.model.embed_tokens.weight
+    expected = sum(float(row.norm()) for row in weights) / weights.shape[0]
+    assert tiny_model.embedding_norm() == pytest.approx(expected, rel=1e-5)
+
+
+def test_shipped_model_accuracy_at_the_full_plan(shipped_model):
+    """Fails while adactrl/models/assets holds the random placeholder weights."""
+    model = shipped_model
+    plan = model.knob_space.full_plan(model.importance)
+    rows = load_vqa_dataset("synthetic", "test", 100, seed=0)
+    by_family: dict[str, list[float]] = {}
+    for row in rows:
+        answer = execute(model, row["image"], row["question"], StaticPolicy(plan)).answer
+        by_family.setdefault(row["family"], []).append(vqa_score(answer, row["answers"]))
+    accuracy = statistics.fmean(s for scores in by_family.values() for s in scores)
+    families = {f: round(statistics.fmean(s), 2) for f, s in by_family.items()}
+    assert accuracy >= 0.6, f"VQA accuracy {accuracy:.3f} over 100 questions; per family {families}"

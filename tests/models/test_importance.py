@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+
+from adactrl.data import load_vqa_dataset
+from adactrl.models.embedded import load_importance_scores
+from adactrl.models.importance import FORMAT, METHOD, ImportanceScores, answer_nll, compute_importance
+
+
+@pytest.fixture(scope="module")
+def scores(tiny_model) -> ImportanceScores:
+    rows = load_vqa_dataset("synthetic", "validation", 3, seed=0)
+    return compute_importance(tiny_model, rows, dataset="synthetic", split="validation", seed=0)
+
+
+def test_one_score_per_block(scores):
+    assert scores.num_samples == 3
+    assert len(scores.scores) == len(scores.accuracy_drop) == 8
+    assert all(isinstance(s, float) for s in scores.scores)
+    assert scores.base_nll > 0.0
+    assert 0.0 <= scores.base_accuracy <= 1.0
+    # removing a block can lose at most the hits the full model had, and gain at most the misses
+    for drop in scores.accuracy_drop:
+        assert -(1.0 - scores.base_accuracy) <= drop <= scores.base_accuracy
+    assert sorted(scores.ranking()) == list(range(8))
+
+
+def test_score_is_the_nll_increase_when_the_block_is_removed(tiny_model, scores):
+    """Recompute block 4's score by hand for the three samples: mean(NLL without 4 - NLL with all)."""
+    rows = load_vqa_dataset("synthetic", "validation", 3, seed=0)
+    increases = []
+    for row in rows:
+        image = tiny_model.project(tiny_model.encode_vision(tiny_model.preprocess(row["image"], "high")))
+        prefix = torch.cat([image, tiny_model.embed_tokens(tiny_model.tokenize(row["question"]))])[None]
+        target = torch.cat([tiny_model.tokenize(row["answer"]), torch.tensor([tiny_model.eos_token_id])])
+        full, _ = answer_nll(tiny_model, prefix, target, tuple(range(8)))
+        without, _ = answer_nll(tiny_model, prefix, target, (0, 1, 2, 3, 5, 6, 7))
+        increases.append(without - full)
+    assert scores.scores[4] == pytest.approx(sum(increases) / 3, rel=1e-5)
+
+
+def test_ranking_orders_by_score_then_block():
+    scores = ImportanceScores("synthetic", "validation", 1, 0, 1.0, 1.0, [0.1, 0.5, 0.5, -0.2], [0.0] * 4)
+    # 0.5 (1), 0.5 (2) tie -> earlier first, then 0.1 (0), then -0.2 (3)
+    assert scores.ranking() == [1, 2, 0, 3]
+
+
+def test_json_round_trip(scores, tmp_path):
+    path = tmp_path / "sub" / "importance.json"
+    scores.save(path)
+    data = json.loads(path.read_text())
+    assert data["format"] == FORMAT and data["method"] == METHOD
+    assert data["dataset"] == "synthetic" and data["split"] == "validation" and data["num_samples"] == 3
+    assert ImportanceScores(**data) == scores
+    assert load_importance_scores(path, 8) == tuple(scores.scores)
+    with pytest.raises(ValueError, match="has 8 scores but the model has 16 blocks"):
+        load_importance_scores(path, 16)
+
+
+def test_missing_importance_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        load_importance_scores(tmp_path / "nowhere.json", 8)
+
+
+def test_no_samples_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="no samples"):
+        compute_importance(tiny_model, [], dataset="synthetic", split="validation", seed=0)
