@@ -43,3 +43,23 @@ LATENCY_TOTAL_MS = "latency/total_ms"
 
 WEIGHT_SYNC_MS = "system/weight_sync_ms"
 POLICY_VERSION = "system/policy_version"
+
+ROLLOUT_ACCURACY = "rollout/accuracy"
+ROLLOUT_LATENCY_MS = "rollout/latency_ms"
+ROLLOUT_VIOLATION_RATE = "rollout/violation_rate"
+ROLLOUT_NUM_SKIPPED = "rollout/num_skipped_samples"
+ROLLOUT_NUM_STALE_DROPPED = "rollout/num_stale_dropped"
+
+LEARNER_UPDATE_MS = "system/learner_update_ms"
+LEARNER_LR_PREFIX = "system/lr/"
+"""One key per optimizer param group: system/lr/stage1, system/lr/stage2, ..."""
+WORKER_RESTARTS = "system/worker_restarts"
+
+BUDGET_LOW_MS = "budget/low_ms"
+BUDGET_HIGH_MS = "budget/high_ms"
+BUDGET_CHEAPEST_MS = "budget/cheapest_plan_ms"
+BUDGET_FULL_MS = "budget/full_plan_ms"
+
+LATENCY_ESTIMATE_ERROR_MS = "latency/estimate_error_ms"
+"""--latency_mode estimated: mean (estimated - measured) end-to-end ms over a batch."""
+LATENCY_ESTIMATE_ABS_ERROR_MS = "latency/estimate_abs_error_ms"

@@ -41,3 +41,50 @@ def plot_pareto(
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+_METHOD_STYLES = {
+    "controller": dict(color="tab:red", marker="o", lw=2.0),
+    "oracle": dict(color="black", marker="s", ls="--", lw=1.5),
+    "supervised": dict(color="tab:blue", marker="^", lw=1.5),
+    "random": dict(color="tab:gray", marker="x", ls=":", lw=1.5),
+}
+
+
+def plot_metric_vs_budget(
+    rows: Sequence[dict],
+    metric: str,
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str,
+    hline: float | None = None,
+) -> Path:
+    """One line per method over the budgets (log x axis); rows are evaluation rows as dicts with
+    method, kind, budget_ms and `metric`. Static plans are drawn thin and pale, one legend entry."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    static_labelled = False
+    for method in methods:
+        points = sorted((r["budget_ms"], r[metric]) for r in rows if r["method"] == method)
+        kind = next(r["kind"] for r in rows if r["method"] == method)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        if kind == "static":
+            ax.plot(xs, ys, color="tab:green", alpha=0.25, lw=0.8, label=None if static_labelled else "static plans")
+            static_labelled = True
+        else:
+            ax.plot(xs, ys, label=method, **_METHOD_STYLES.get(kind, {}))
+    if hline is not None:
+        ax.axhline(hline, color="k", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency budget (ms)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from adactrl.eval.vqa import vqa_score
 from adactrl.executor import StaticPolicy, execute
@@ -52,7 +53,10 @@ class PlanSummary:
     latency_ms: float
     """Median end-to-end latency over the samples."""
     p95_latency_ms: float
+    """95th percentile of the end-to-end latency over the samples (nearest rank)."""
     family_accuracy: dict[str, float]
+    insertion: int = 1
+    """Insertion point of the plan; static sweeps use the KnobSpace's first."""
 
 
 def sweep(
@@ -127,6 +131,7 @@ def summarize(records: Iterable[SweepRecord]) -> list[PlanSummary]:
                 latency_ms=statistics.median(latencies),
                 p95_latency_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
                 family_accuracy={f: statistics.fmean(v) for f, v in sorted(families.items())},
+                insertion=first.insertion,
             )
         )
     return sorted(summaries, key=lambda s: s.latency_ms)
@@ -140,3 +145,38 @@ def pareto_frontier(points: Sequence[PlanSummary]) -> list[PlanSummary]:
             frontier.append(point)
             best = point.accuracy
     return frontier
+
+
+def write_profile(records: Sequence[SweepRecord], path: str | Path) -> Path:
+    """The sweep as a Parquet table, one row per (sample, plan), columns as in SweepRecord."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([r.to_dict() for r in records]), path)
+    return path
+
+
+def read_profile(path: str | Path) -> list[SweepRecord]:
+    """Read a table written by `write_profile` (a .parquet file, or a directory holding
+    profile.parquet). Raises FileNotFoundError, or ValueError for an empty table or one that
+    lacks SweepRecord columns."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "profile.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no profile table at {path}; make one with `adactrl profile`")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable Parquet profile table: {err}") from err
+    names = [f.name for f in fields(SweepRecord)]
+    missing = [n for n in names if n not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} is not an `adactrl profile` table: missing columns {missing}")
+    if table.num_rows == 0:
+        raise ValueError(f"{path} has no rows; profile at least one sample")
+    return [SweepRecord(**row) for row in table.select(names).to_pylist()]

@@ -25,32 +25,39 @@ def run(args: argparse.Namespace) -> int:
     best = max(summaries, key=lambda s: s.accuracy)
     print(f"{len(summaries)} plans x {args.num_samples} samples -> {output}")
     print(f"best plan {best.plan}: accuracy {best.accuracy:.3f} at {best.latency_ms:.1f} ms")
+    print(f"baselines and latency estimator from this table: adactrl baselines --profile {output}")
     return 0
 
 
 def profile(args: argparse.Namespace):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import torch
-    from tqdm import tqdm
 
     from adactrl.data import load_vqa_dataset
     from adactrl.models.embedded import EmbeddedVLM
-    from adactrl.plots import plot_pareto
-    from adactrl.profiling import pareto_frontier, summarize, sweep
 
     torch.manual_seed(args.seed)
     model = EmbeddedVLM.load(args.model_path).to(args.device)
     rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
-    plans = model.knob_space.static_plans(model.importance)
+    _, summaries = sweep_and_write(model, rows, args.output_dir, device=args.device)
+    return summaries, Path(args.output_dir)
+
+
+def sweep_and_write(model, rows, output_dir, *, device: str = "cpu", plans=None, max_new_tokens: int = 4):
+    """Sweep `plans` (every static plan by default) over `rows` and write profile.parquet,
+    summary.json and pareto.png to `output_dir` -> (records, per-plan summaries)."""
+    from tqdm import tqdm
+
+    from adactrl.plots import plot_pareto
+    from adactrl.profiling import pareto_frontier, summarize, sweep, write_profile
+
+    plans = model.knob_space.static_plans(model.importance) if plans is None else plans
     with tqdm(total=len(rows) * len(plans), desc="profile", unit="run") as bar:
-        records = sweep(model, rows, plans, device=args.device, progress=bar.update)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([r.to_dict() for r in records]), output / "profile.parquet")
+        records = sweep(model, rows, plans, device=device, max_new_tokens=max_new_tokens, progress=bar.update)
+    output = Path(output_dir)
+    write_profile(records, output / "profile.parquet")
     summaries = summarize(records)
     frontier = {s.plan for s in pareto_frontier(summaries)}
     table = [asdict(s) | {"pareto": s.plan in frontier} for s in summaries]
     (output / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     plot_pareto(summaries, output / "pareto.png")
-    return summaries, output
+    return records, summaries

@@ -1,0 +1,259 @@
+"""`adactrl evaluate`: a trained controller against the static Pareto oracle, the supervised
+controller, a random policy and every static plan, across budgets, on a held-out split.
+
+The oracle and the supervised controller come from a profile table (`--profile`, from `adactrl
+profile`), or from a small sweep of the validation split run first (`--profile_samples`). The
+evaluation itself runs on `--split` (test by default), so the oracle is chosen on other samples.
+
+Budgets default to `--num_budgets` log-spaced points of the controller's calibrated range
+(checkpoint extra "budget_range_ms"); without one, of the profile's cheapest..most expensive
+median plan latency times 1.1 (`adactrl train`'s default margin). Budgets outside that range
+are evaluated and reported with in_range=false.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+STATIC_CHOICES = ("all", "frontier", "none")
+RANGE_MARGIN = 1.1
+"""Without a calibrated range in the checkpoint: the profile's plan latencies times this, as
+`adactrl train` calibrates (budget_margin 1.1)."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="controller vs oracle, supervised, random and static plans across budgets")
+    p.add_argument("--controller", required=True, help="controller checkpoint (best_model.pt of `adactrl train`)")
+    p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    p.add_argument("--dataset_name", default="synthetic")
+    p.add_argument("--split", default="test", help="held-out split the methods are evaluated on")
+    p.add_argument("--num_samples", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0, help="dataset subset and random-policy seed")
+    p.add_argument("--profile", default=None, help="profile.parquet (or its directory) from `adactrl profile`")
+    p.add_argument("--profile_samples", type=int, default=10, help="without --profile: samples of the sweep run first")
+    p.add_argument("--profile_split", default="validation", help="without --profile: split of that sweep")
+    p.add_argument("--budgets", type=float, nargs="+", default=None, help="budgets in ms (default: see --num_budgets)")
+    p.add_argument("--num_budgets", type=int, default=5, help="log-spaced budgets over the calibrated range")
+    p.add_argument("--oracle_statistic", choices=("p95", "median"), default="p95",
+                   help="profiled latency a plan must keep within the budget for the oracle")  # fmt: skip
+    p.add_argument("--supervised", default=None, help="supervised controller checkpoint (default: trained here)")
+    p.add_argument("--static_plans", choices=STATIC_CHOICES, default="all",
+                   help="which profiled static plans to evaluate as methods")  # fmt: skip
+    p.add_argument("--max_new_tokens", type=int, default=4)
+    p.add_argument("--output_dir", default="outputs/evaluate")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num_threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); 1 gives steadier latencies on a shared CPU")  # fmt: skip
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_command(args)
+    print(format_table(report))
+    print(f"-> {args.output_dir}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from adactrl.controller import load_controller
+    from adactrl.data import load_vqa_dataset
+    from adactrl.evaluation import (
+        aggregate, controller_method, oracle_method, random_method, run_requests, static_methods,
+        supervised_method,
+    )  # fmt: skip
+    from adactrl.models.embedded import EmbeddedVLM
+    from adactrl.profiling import pareto_frontier
+
+    if args.num_samples < 1 or args.profile_samples < 1 or args.num_budgets < 1:
+        raise ValueError("--num_samples, --profile_samples and --num_budgets must be >= 1")
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    model = EmbeddedVLM.load(args.model_path).to(args.device)
+    space = model.knob_space
+    controller, extra = load_controller(
+        args.controller, expected_knob_space=space, expected_d_model=model.hidden_size, map_location=args.device
+    )
+    records, profile_path = profile_records(args, model, output)
+    base = train_baselines(args, records, space, output)
+    oracle, supervised, summaries = base["oracle"], base["supervised"], base["summaries"]
+    budget_range, range_source = calibrated_range(extra, oracle)
+    budgets = choose_budgets(args, budget_range, range_source)
+
+    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
+    overlap = len({int(r["question_id"]) for r in rows} & {r.question_id for r in records})
+    if overlap:
+        print(f"warning: {overlap} evaluation samples are also in the profile table: the oracle is not held out")
+
+    methods = [
+        controller_method(controller),
+        oracle_method(oracle, model),
+        supervised_method(supervised, model),
+        random_method(space, model.importance, args.seed),
+    ]
+    chosen = {"all": summaries, "frontier": pareto_frontier(summaries), "none": []}[args.static_plans]
+    static = [space.plan(s.tier, s.insertion, s.top_k, s.num_blocks, model.importance) for s in chosen]
+    methods += static_methods(static)
+    with tqdm(total=len(rows) * len(budgets) * len(methods), desc="evaluate", unit="request") as bar:
+        requests = run_requests(
+            model, methods, rows, budgets, max_new_tokens=args.max_new_tokens, device=args.device, progress=bar.update
+        )
+
+    in_range = [budget_range[0] <= b <= budget_range[1] for b in budgets]
+    report = {
+        "controller": str(args.controller),
+        "model_path": args.model_path or "shipped",
+        "dataset": {"name": args.dataset_name, "split": args.split, "num_samples": len(rows), "seed": args.seed},
+        "budget_range_ms": list(budget_range),
+        "budget_range_source": range_source,
+        "budgets": [
+            {"budget_ms": b, "in_range": ok, "oracle_plan": oracle.choose(b).plan,
+             "oracle_feasible": oracle.choose(b).feasible, "supervised_plan": supervised.plan(b, model.importance).name}
+            for b, ok in zip(budgets, in_range)
+        ],  # fmt: skip
+        "profile": {
+            "path": str(profile_path), "num_plans": len(summaries),
+            "num_samples": len({r.question_id for r in records}),
+            "oracle_statistic": args.oracle_statistic, "samples_shared_with_evaluation": overlap,
+        },  # fmt: skip
+        "supervised": {"source": args.supervised or "trained on the profile", "metrics": base["supervised_metrics"]},
+        "estimator_held_out": base["estimator_metrics"],
+        "rows": [row.to_dict() for row in aggregate(requests, budget_range)],
+    }
+    write_outputs(report, requests, summaries, output)
+    return report
+
+
+def profile_records(args: argparse.Namespace, model, output: Path) -> tuple[list, Path]:
+    """The profile table given with --profile, or a sweep of --profile_samples run now."""
+    from adactrl.commands.profile import sweep_and_write
+    from adactrl.data import load_vqa_dataset
+    from adactrl.profiling import read_profile
+
+    if args.profile:
+        return read_profile(args.profile), Path(args.profile)
+    rows = list(load_vqa_dataset(args.dataset_name, args.profile_split, args.profile_samples, args.seed))
+    records, _ = sweep_and_write(
+        model, rows, output / "profile", device=args.device, max_new_tokens=args.max_new_tokens
+    )
+    return records, output / "profile"
+
+
+def train_baselines(args: argparse.Namespace, records: list, space, output: Path) -> dict:
+    """Oracle, supervised controller (loaded or trained) and estimator metrics from the table."""
+    from adactrl.baselines.estimator import save_estimator, train_estimator
+    from adactrl.baselines.oracle import LookupTableOracle
+    from adactrl.baselines.supervised import load_supervised, save_supervised, train_supervised
+    from adactrl.profiling import summarize
+
+    summaries = summarize(records)
+    oracle = LookupTableOracle.from_summaries(summaries, args.oracle_statistic)
+    oracle.check_knob_space(space)
+    if args.supervised:
+        supervised, supervised_metrics = load_supervised(args.supervised, expected_knob_space=space)
+    else:
+        supervised, supervised_metrics = train_supervised(oracle, space)
+        save_supervised(output / "supervised.pt", supervised, supervised_metrics)
+    estimator_metrics = None
+    if len(summaries) >= 2:  # a held-out split by plan needs two plans
+        estimator, estimator_metrics = train_estimator(records, space)
+        save_estimator(output / "latency_estimator.pt", estimator, estimator_metrics)
+    return {
+        "summaries": summaries, "oracle": oracle, "supervised": supervised,
+        "supervised_metrics": supervised_metrics, "estimator_metrics": estimator_metrics,
+    }  # fmt: skip
+
+
+def choose_budgets(args: argparse.Namespace, budget_range: tuple[float, float], source: str) -> list[float]:
+    """--budgets, or --num_budgets log-spaced over the range; out-of-range budgets are noted."""
+    from adactrl.evaluation import log_spaced_budgets
+
+    budgets = args.budgets or log_spaced_budgets(*budget_range, args.num_budgets)
+    if any(not (math.isfinite(b) and b > 0) for b in budgets):
+        raise ValueError(f"--budgets must be finite and > 0 ms, got {budgets}")
+    low, high = budget_range
+    for budget in budgets:
+        if not low <= budget <= high:
+            print(f"note: budget {budget:.2f} ms is outside the calibrated range {low:.2f}..{high:.2f} ms "
+                  f"({source}); it is evaluated and reported with in_range=false")  # fmt: skip
+    return budgets
+
+
+def calibrated_range(extra: dict, oracle) -> tuple[tuple[float, float], str]:
+    """(low, high) ms and where it came from: the checkpoint's budget_range_ms, else the profile."""
+    stored = extra.get("budget_range_ms")
+    if stored is not None:
+        values = stored.tolist() if hasattr(stored, "tolist") else list(stored)
+        if len(values) != 2 or not all(math.isfinite(float(v)) for v in values) or not 0 < values[0] < values[1]:
+            raise ValueError(f"the checkpoint's budget_range_ms must be (low, high), 0 < low < high; got {values}")
+        return (float(values[0]), float(values[1])), "checkpoint"
+    low, high = oracle.budget_range("median")
+    return (low * RANGE_MARGIN, high * RANGE_MARGIN), "profile"
+
+
+def write_outputs(report: dict, requests, summaries, output: Path) -> None:
+    from adactrl.evaluation import static_summaries
+    from adactrl.plots import plot_metric_vs_budget, plot_pareto
+
+    rows = report["rows"]
+    (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    _write_csv(output / "evaluation.csv", rows)
+    _write_csv(output / "requests.csv", [asdict(r) for r in requests])
+    plot_metric_vs_budget(rows, "accuracy", output / "accuracy_vs_budget.png",
+                          ylabel="VQA accuracy", title="Accuracy vs latency budget")  # fmt: skip
+    plot_metric_vs_budget(rows, "violation_rate", output / "violation_vs_budget.png", ylabel="budget violation rate",
+                          title="Budget violations (target < 5%)", hline=0.05)  # fmt: skip
+    evaluated = static_summaries(requests)
+    controller = [r for r in rows if r["kind"] == "controller"]
+    points = [(f"controller @ {r['budget_ms']:.1f} ms", r["median_latency_ms"], r["accuracy"]) for r in controller]
+    plot_pareto(evaluated or summaries, output / "pareto_with_controller.png",
+                title="Static plans and the controller (evaluation split)" if evaluated else
+                "Static plans (profile) and the controller", extra_points=points)  # fmt: skip
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        if not rows:
+            return
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(report: dict) -> str:
+    columns = (("acc", 6), ("acc@met", 7), ("mean ms", 8), ("p95 ms", 8), ("viol", 6), ("ovh", 6))
+    lines = [f"{'budget':>9} {'method':<12} " + " ".join(f"{c:>{w}}" for c, w in columns)]
+    static = [r for r in report["rows"] if r["kind"] == "static"]
+    for budget in report["budgets"]:
+        b = budget["budget_ms"]
+        flag = "" if budget["in_range"] else " (out of range)"
+        for r in (r for r in report["rows"] if r["budget_ms"] == b and r["kind"] != "static"):
+            lines.append(
+                f"{b:9.2f} {r['method']:<12} {r['accuracy']:6.3f} {r['accuracy_within_budget']:7.3f} "
+                f"{r['mean_latency_ms']:8.2f} {r['p95_latency_ms']:8.2f} {r['violation_rate']:6.1%} "
+                f"{r['controller_overhead']:6.1%}{flag}"
+            )
+        met = [r for r in static if r["budget_ms"] == b and r["violation_rate"] <= 0.05]
+        if met:
+            best = max(met, key=lambda r: r["accuracy"])
+            lines.append(f"{b:9.2f} {'best static':<12} {best['accuracy']:6.3f} (chosen on the evaluation split "
+                         f"itself, an upper bound: {best['method']})")  # fmt: skip
+    estimator = report.get("estimator_held_out")
+    if estimator:
+        r2 = " ".join(f"{k}={v['r2']:.3f}" for k, v in estimator.items() if k != "split")
+        lines.append(f"latency estimator, R² on held-out plans: {r2}")
+    sup = report["supervised"]["metrics"].get("val")
+    if sup:
+        accuracies = " ".join(f"{k}={v:.2f}" for k, v in sup.items())
+        lines.append(f"supervised controller, held-out budget accuracy: {accuracies}")
+    return "\n".join(lines)

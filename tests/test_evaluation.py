@@ -1,0 +1,150 @@
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import adactrl.evaluation as evaluation
+from adactrl.baselines.oracle import LookupTableOracle
+from adactrl.baselines.supervised import SupervisedConfig, train_supervised
+from adactrl.cli import main
+from adactrl.controller import Controller, ControllerConfig, save_controller
+from adactrl.evaluation import (
+    EvalRecord,
+    aggregate,
+    controller_method,
+    log_spaced_budgets,
+    oracle_method,
+    random_method,
+    static_methods,
+    supervised_method,
+)
+from adactrl.profiling import write_profile
+from tests.baselines.helpers import record
+
+# Three plans of the tiny model's KnobSpace (tiers low/medium/high, top_k 2..4, blocks 6..8).
+TINY_PLANS = (("low", 2, 6), ("medium", 3, 7), ("high", 4, 8))
+
+
+def tiny_profile_rows() -> list:
+    return [
+        record(plan, qid, acc, ms)
+        for plan, acc, ms in zip(TINY_PLANS, (0.2, 0.5, 0.9), (5.0, 10.0, 20.0))
+        for qid in (900_001, 900_002)
+    ]
+
+
+def rec(method: str, budget: float, acc: float, ms: float, ctrl: float = 0.0, plan: str = "p") -> EvalRecord:
+    return EvalRecord(method, "static", budget, 0, plan, "low", 1, 2, 6, acc, ms, ctrl)
+
+
+def test_aggregate_by_hand():
+    rows = aggregate(
+        [rec("m", 10.0, 1.0, 8.0, 1.0, "a"), rec("m", 10.0, 0.5, 12.0, 1.0, "b"), rec("m", 10.0, 0.0, 10.0, 2.0, "a")],
+        budget_range=(20.0, 40.0),
+    )
+    (row,) = rows
+    # latencies 8, 12, 10: mean 10, median 10, p95 = sorted[int(2.85)] = 12; 12 > 10 misses once
+    assert (row.mean_latency_ms, row.median_latency_ms, row.p95_latency_ms) == (10.0, 10.0, 12.0)
+    assert row.violation_rate == pytest.approx(1 / 3)
+    assert row.accuracy == pytest.approx(0.5)
+    assert row.accuracy_within_budget == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
+    assert row.controller_overhead == pytest.approx(4 / 30)
+    assert (row.num_distinct_plans, row.most_common_plan, row.in_range) == (2, "a", False)
+
+
+def test_log_spaced_budgets():
+    assert log_spaced_budgets(10.0, 1000.0, 3) == pytest.approx([10.0, 100.0, 1000.0])
+    with pytest.raises(ValueError, match="low <= high"):
+        log_spaced_budgets(10.0, 5.0, 3)
+
+
+def test_evaluate_every_method_and_static_runs_are_reused(tiny_model, synthetic_rows, monkeypatch):
+    space = tiny_model.knob_space
+    oracle = LookupTableOracle.from_summaries(_summaries())
+    supervised, _ = train_supervised(oracle, space, SupervisedConfig(hidden=8, steps=5, num_train_budgets=16))
+    plans = [space.plan(t, 1, k, n, tiny_model.importance) for t, k, n in TINY_PLANS[:2]]
+    methods = [
+        controller_method(Controller(ControllerConfig(d_model=tiny_model.hidden_size), space)),
+        oracle_method(oracle, tiny_model),
+        supervised_method(supervised, tiny_model),
+        random_method(space, tiny_model.importance, seed=0),
+        *static_methods(plans),
+    ]
+    calls = []
+    real_execute = evaluation.execute
+
+    def counting_execute(model, image, question, policy, **kwargs):
+        calls.append((question, policy.plan.name))
+        return real_execute(model, image, question, policy, **kwargs)
+
+    monkeypatch.setattr(evaluation, "execute", counting_execute)
+    rows = evaluation.evaluate(tiny_model, methods, synthetic_rows[:2], [7.0, 1e6], budget_range=(6.0, 25.0), warmup=0)
+    assert len(rows) == 6 * 2
+    assert {r.method for r in rows} >= {"controller", "oracle", "supervised", "random", f"static:{plans[0].name}"}
+    assert [r.in_range for r in rows if r.method == "oracle"] == [True, False]
+    assert all(r.violation_rate == 0.0 for r in rows if r.budget_ms == 1e6)
+    # A static plan runs once per sample, whatever the budgets and the methods that pick it (the
+    # controller's runs go through adaptive_infer and are never shared).
+    assert len(calls) == len(set(calls))
+    assert [plan for _, plan in calls].count(plans[0].name) == 2
+
+
+def _summaries():
+    from adactrl.profiling import summarize
+
+    return summarize(tiny_profile_rows())
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, tiny_model):
+    model_dir = tmp_path / "model"
+    tiny_model.save(model_dir, dtype=torch.float32)
+    controller = Controller(ControllerConfig(d_model=tiny_model.hidden_size), tiny_model.knob_space)
+    save_controller(tmp_path / "controller.pt", controller, {"budget_range_ms": [6.0, 25.0]})
+    write_profile(tiny_profile_rows(), tmp_path / "profile" / "profile.parquet")
+    return tmp_path, model_dir
+
+
+def test_evaluate_command_writes_every_output(tiny_setup, capsys):
+    tmp_path, model_dir = tiny_setup
+    out = tmp_path / "eval"
+    code = main([
+        "evaluate", "--controller", str(tmp_path / "controller.pt"), "--model_path", str(model_dir),
+        "--profile", str(tmp_path / "profile"), "--num_samples", "2", "--budgets", "8", "100",
+        "--output_dir", str(out),
+    ])  # fmt: skip
+    assert code == 0
+    for name in ("evaluation.json", "evaluation.csv", "requests.csv", "accuracy_vs_budget.png",
+                 "violation_vs_budget.png", "pareto_with_controller.png", "supervised.pt", "latency_estimator.pt"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["budget_range_source"] == "checkpoint"
+    assert [b["in_range"] for b in report["budgets"]] == [True, False]
+    # p95 latencies of the hand-made profile: low 5, medium 10, high 20 ms
+    assert [b["oracle_plan"] for b in report["budgets"]] == ["low/ins1/k2/b6", "high/ins1/k4/b8"]
+    with (out / "evaluation.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == (4 + 3) * 2  # controller, oracle, supervised, random + 3 static plans, 2 budgets
+    printed = capsys.readouterr().out
+    assert "outside the calibrated range" in printed and "oracle" in printed
+
+
+def test_checkpoint_for_another_knob_space_is_a_clear_error(tiny_setup, tiny_model, capsys):
+    tmp_path, model_dir = tiny_setup
+    other = dataclasses.replace(tiny_model.knob_space, top_k_values=(3, 4))
+    save_controller(tmp_path / "other.pt", Controller(ControllerConfig(d_model=tiny_model.hidden_size), other))
+    code = main(["evaluate", "--controller", str(tmp_path / "other.pt"), "--model_path", str(model_dir),
+                 "--profile", str(tmp_path / "profile"), "--output_dir", str(tmp_path / "e")])  # fmt: skip
+    assert code == 2
+    assert "another KnobSpace: top_k_values" in capsys.readouterr().err
+
+
+def test_profile_for_another_model_is_a_clear_error(tiny_setup, capsys):
+    tmp_path, model_dir = tiny_setup
+    write_profile([record(("low", 8, 16), 1, 1.0, 5.0)], tmp_path / "big" / "profile.parquet")
+    code = main(["evaluate", "--controller", str(tmp_path / "controller.pt"), "--model_path", str(model_dir),
+                 "--profile", str(tmp_path / "big"), "--output_dir", str(tmp_path / "e")])  # fmt: skip
+    assert code == 2
+    assert "does not fit this model" in capsys.readouterr().err
