@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from adactrl.commands import importance, infer, pretrain, profile, train
+from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, train
 
-COMMANDS = (train, infer, profile, pretrain, importance)
+COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance)
 
 
 def build_parser() -> argparse.ArgumentParser:
