@@ -30,17 +30,7 @@ def plot_pareto(
     ax.plot([s.latency_ms for s in frontier], [s.accuracy for s in frontier], "k-", lw=1.2, label="Pareto frontier")
     for label, latency, accuracy in extra_points:
         ax.scatter([latency], [accuracy], marker="*", s=90, label=label)
-    ax.set_xlabel("median end-to-end latency (ms)")
-    ax.set_ylabel("VQA accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, "median end-to-end latency (ms)", "VQA accuracy", title)
 
 
 _METHOD_STYLES = {
@@ -77,7 +67,11 @@ def plot_metric_vs_budget(
     if hline is not None:
         ax.axhline(hline, color="k", lw=0.8, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel("latency budget (ms)")
+    return _finish(fig, ax, path, "latency budget (ms)", ylabel, title)
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)

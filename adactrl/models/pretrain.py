@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from adactrl.data.synthetic import FAMILIES, SyntheticVQAConfig, generate_sample, make_synthetic_vqa
 from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
@@ -31,12 +32,17 @@ class PretrainConfig:
     output_dir: str
     seed: int = 0
     steps: int = 3000
-    batch_size: int = 48
-    lr: float = 2e-3
+    batch_size: int = 32
+    lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     full_plan_fraction: float = 0.35
-    """Share of steps run at the full plan; the rest draw tier, top-k and blocks at random."""
+    """Share of steps run with every block at the default top-k (at a random tier) once the
+    warm phase is over; the rest draw top-k, insertion and blocks at random."""
+    warm_fraction: float = 0.35
+    """Leading share of steps that run every block at the default top-k, mostly at cheap
+    tiers and with no budget slot, so the deep stack learns the task before it learns to
+    survive high-resolution sequences, dropped blocks and fewer experts."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
@@ -63,16 +69,33 @@ class KnobDraw:
 
 
 def draw_knobs(model: EmbeddedVLM, rng: np.random.Generator, full_plan_fraction: float) -> KnobDraw:
-    """A random plan; its blocks are a random subset so any importance ranking is covered."""
+    """A random plan; its blocks are a random subset so any importance ranking is covered.
+
+    Half the steps use the high tier so the fine-detail questions are seen where they can be
+    answered; the other tiers share the rest."""
     space = model.knob_space
+    tiers = space.tiers
+    tier = tiers[-1] if rng.random() < 0.5 else str(rng.choice(tiers[:-1]))
     if rng.random() < full_plan_fraction:
-        return KnobDraw(space.tiers[-1], 1, space.default_top_k, tuple(range(space.num_layers)))
-    tier = str(rng.choice(space.tiers))
+        return KnobDraw(tier, 1, space.default_top_k, tuple(range(space.num_layers)))
     insertion = int(rng.choice(space.insertion_positions))
     top_k = int(rng.choice(space.top_k_values))
     num_blocks = int(rng.choice(space.num_blocks_values))
     later = rng.choice(np.arange(insertion, space.num_layers), size=num_blocks - insertion, replace=False)
     return KnobDraw(tier, insertion, top_k, tuple(sorted([*range(insertion), *map(int, later)])))
+
+
+def draw_warm_knobs(model: EmbeddedVLM, rng: np.random.Generator) -> KnobDraw:
+    """The warm phase: every block at the default top-k, mostly cheap tiers. Short image
+    sequences let the answer position find the question and the objects in few steps."""
+    space = model.knob_space
+    tier = space.tiers[int(rng.choice(len(space.tiers), p=_warm_tier_probs(len(space.tiers))))]
+    return KnobDraw(tier, 1, space.default_top_k, tuple(range(space.num_layers)))
+
+
+def _warm_tier_probs(num_tiers: int) -> np.ndarray:
+    weights = np.array([2.0**-i for i in range(num_tiers)])  # cheapest tier most often
+    return weights / weights.sum()
 
 
 def answer_logits(
@@ -118,9 +141,15 @@ def first_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def build_model(seed: int, vocabulary: tuple[str, ...]) -> EmbeddedVLM:
+    """A fresh model whose blocks start as identities: zeroed attention-output and expert
+    down-projections let the 16-block stack learn as fast as a shallow one at first."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer(build_tokenizer(vocabulary))
-    return EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size), tokenizer)
+    model = EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size), tokenizer)
+    for block in model.blocks:
+        nn.init.zeros_(block.self_attn.o_proj.weight)
+        nn.init.zeros_(block.mlp.experts.down_proj)
+    return model
 
 
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> EmbeddedVLM:
@@ -137,15 +166,16 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
     started = time.monotonic()
     norm = model.embedding_norm()
     for step in range(config.steps):
-        knobs = draw_knobs(model, rng, config.full_plan_fraction)
+        warm = step < config.warm_fraction * config.steps
+        knobs = draw_warm_knobs(model, rng) if warm else draw_knobs(model, rng, config.full_plan_fraction)
         samples = [
             generate_sample(np.random.default_rng([config.seed, 99, step, b]), FAMILIES[int(rng.integers(len(FAMILIES)))])
             for b in range(config.batch_size)
         ]
         if step % 50 == 0:
             norm = model.embedding_norm()
-        slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < config.budget_slot_prob else None
-                 for _ in samples]
+        slot_prob = 0.0 if warm else config.budget_slot_prob
+        slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < slot_prob else None for _ in samples]
         logits, labels = answer_logits(
             model, [s.image for s in samples], [s.question for s in samples], [s.answer for s in samples], knobs, slots
         )
