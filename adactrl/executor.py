@@ -88,8 +88,10 @@ def execute(
     timer = StageTimer(device)
     overall = StageTimer(device)
     with overall.stage("total"):
-        with timer.stage("controller"):
+        with timer.stage("prefill_pre"):
+            # The prompt's embeddings are the LLM's own input; only pooling them is the controller's.
             words = model.embed_tokens(prompt_ids)  # [T, d]
+        with timer.stage("controller"):
             language_feature = words.mean(dim=0)  # [d]
             first = policy.stage1(language_feature)
         with timer.stage("vision"):

@@ -103,7 +103,7 @@ class Controller(nn.Module):
         features = self.budget_encoder.features(budget_ms)  # [B, F]
         token = self.budget_encoder.mlp(features)  # [B, d_model]
         tier_logits, ins_logits = self.stage1(lang_feat, features, token)
-        return Categorical(logits=tier_logits), Categorical(logits=ins_logits)
+        return _categorical(tier_logits), _categorical(ins_logits)
 
     def stage2_dist(
         self, latency_token: torch.Tensor, insertion_idx: torch.Tensor
@@ -114,7 +114,7 @@ class Controller(nn.Module):
         """
         _check_indices("insertion_idx", insertion_idx, self.knob_space.sizes[1])
         top_k_logits, blocks_logits = self.stage2(latency_token, insertion_idx)
-        return Categorical(logits=top_k_logits), Categorical(logits=blocks_logits)
+        return _categorical(top_k_logits), _categorical(blocks_logits)
 
     @torch.no_grad()
     def act_stage1(
@@ -191,6 +191,11 @@ class Controller(nn.Module):
             encoder_params = list(self.budget_encoder.parameters())
             groups.append({"name": "budget_encoder", "params": encoder_params, "lr": lr})
         return groups
+
+
+def _categorical(logits: torch.Tensor) -> Categorical:
+    # Logits come straight from our heads; argument validation would cost more than the heads.
+    return Categorical(logits=logits, validate_args=False)
 
 
 def _act(
