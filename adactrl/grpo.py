@@ -112,7 +112,8 @@ class LossOutput:
             LOSS_CLIP_FRACTION: self.clip_fraction, LOSS_APPROX_KL: self.approx_kl,
             LOSS_RATIO_MEAN: self.ratio_mean, LOSS_NUM_PAIRS: self.num_pairs,
         }
-        return {key: float(v) for key, v in values.items() if v is not None}
+        return {key: float(v.detach()) if isinstance(v, Tensor) else float(v)
+                for key, v in values.items() if v is not None}
 
 
 def grpo_loss(

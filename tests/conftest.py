@@ -77,9 +77,11 @@ def synthetic_rows() -> list[dict]:
 def ray_local():
     """A local Ray instance with 2 CPUs, shared by every Ray test and shut down at the end."""
     ray = pytest.importorskip("ray")
+    from adactrl.training.driver import start_ray
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        start_ray(num_cpus=2)  # as `adactrl train` starts it: workers at normal priority, retried
     yield ray
     if started:
         ray.shutdown()

@@ -1,24 +1,120 @@
-"""`adactrl train`: the main job."""
+"""`adactrl train`: GRPO training of the controller on Ray (the embedded default with no flags)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from adactrl.training.config import LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
+
+
+def _defaults(cls: type) -> SimpleNamespace:
+    """A config class's plain field defaults, without building one (that would import torch)."""
+    return SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING})
+
+
+_T, _L, _D, _LOSS = _defaults(TrainConfig), _defaults(LearnerConfig), _defaults(DataConfig), _defaults(LossConfig)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="the main job (for now: the static knob sweep on the embedded default)")
-    p.add_argument("--num_samples", type=int, default=30)
-    p.add_argument("--output_dir", default="outputs/train")
-    p.set_defaults(run=run)
+    p = sub.add_parser("train", help="train the controller with GRPO on Ray rollout workers",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    data = p.add_argument_group("data and model")
+    data.add_argument("--dataset_names", nargs="+", default=list(_D.dataset_names), metavar="NAME",
+                      help="datasets to train and validate on: synthetic, or VQA sets in the local HF cache")
+    data.add_argument("--num_train_samples", type=int, default=_D.num_train_samples, help="train samples per dataset")
+    data.add_argument("--num_val_samples", type=int, default=_D.num_val_samples, help="validation samples per dataset")
+    data.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    data.add_argument("--importance_scores_file", default=None, help="block importance JSON for block selection")
+    data.add_argument("--seed", type=int, default=_D.seed)
+
+    run = p.add_argument_group("rollouts")
+    run.add_argument("--num_epochs", type=int, default=_T.num_epochs)
+    run.add_argument("--batch_size", type=int, default=_T.batch_size, help="samples per rollout request (one learner step)")
+    run.add_argument("--group_size", type=int, default=_T.group_size, help="plans sampled per (sample, budget) group")
+    run.add_argument("--budgets_per_sample", type=int, default=_T.budgets_per_sample)
+    run.add_argument("--num_workers", type=int, default=_T.num_workers, help="rollout workers (one GPU each where there are GPUs)")
+    run.add_argument("--budget_range_ms", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                     help="fixed budget range instead of calibrating it from measured latencies")
+    run.add_argument("--calibration_samples", type=int, default=_T.calibration_samples)
+    run.add_argument("--num_val_budgets", type=int, default=_T.num_val_budgets)
+    run.add_argument("--oracle_samples", type=int, default=_T.oracle_samples,
+                     help="validation samples swept with every static plan for the oracle (0 skips it)")
+    run.add_argument("--max_new_tokens", type=int, default=_T.max_new_tokens)
+
+    learn = p.add_argument_group("learner")
+    learn.add_argument("--lr", type=float, default=_L.lr)
+    learn.add_argument("--stage1_lr_ratio", type=float, default=_L.stage1_lr_ratio)
+    learn.add_argument("--train_budget_encoder", action="store_true", help="train the budget MLP (frozen by default)")
+    learn.add_argument("--loss", choices=LOSSES, default=_LOSS.loss)
+    learn.add_argument("--clip_eps", type=float, default=_LOSS.clip_eps)
+    learn.add_argument("--entropy_coef", type=float, default=_LOSS.entropy_coef)
+    learn.add_argument("--max_grad_norm", type=float, default=_L.max_grad_norm)
+    learn.add_argument("--max_policy_lag", type=int, default=_L.max_policy_lag,
+                       help="drop records sampled more than this many policy versions ago")
+    learn.add_argument("--load_checkpoint", default=None, help="start from this controller checkpoint's weights")
+
+    reward = p.add_argument_group("reward (see adactrl.reward.RewardConfig)")
+    for name in ("alpha", "beta", "gamma", "delta", "epsilon"):
+        reward.add_argument(f"--{name}", type=float, default=None, help="default: RewardConfig's")
+
+    out = p.add_argument_group("outputs")
+    out.add_argument("--output_dir", default=_T.output_dir)
+    out.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output_dir")
+    out.add_argument("--mlflow_tracking_uri", default=None,
+                     help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db in the working directory)")
+    out.add_argument("--mlflow_experiment", default=_T.mlflow_experiment)
+    out.add_argument("--ray_address", default=None, help="an existing Ray cluster (default: start a local one)")
+    p.set_defaults(run=run_command)
 
 
-def run(args: argparse.Namespace) -> int:
-    from adactrl.commands import profile
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Every check in the config dataclasses runs here, before a model is loaded or Ray starts."""
+    from adactrl.reward import RewardConfig
 
-    print("GRPO training on Ray is not built yet; running the best end-to-end job there is: "
-          "the static knob sweep of the embedded model.")
-    ns = argparse.Namespace(
-        model_path=None, dataset_name="synthetic", split="test", num_samples=args.num_samples,
-        seed=0, output_dir=args.output_dir, device="cpu",
+    coefficients = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "delta", "epsilon")}
+    return TrainConfig(
+        output_dir=args.output_dir,
+        model_path=args.model_path,
+        importance_scores_file=args.importance_scores_file,
+        data=DataConfig(tuple(args.dataset_names), args.num_train_samples, args.num_val_samples, args.seed),
+        learner=LearnerConfig(
+            lr=args.lr, stage1_lr_ratio=args.stage1_lr_ratio, train_budget_encoder=args.train_budget_encoder,
+            max_grad_norm=args.max_grad_norm, max_policy_lag=args.max_policy_lag,
+            loss=LossConfig(loss=args.loss, clip_eps=args.clip_eps, entropy_coef=args.entropy_coef),
+        ),  # fmt: skip
+        reward=RewardConfig(**{k: v for k, v in coefficients.items() if v is not None}),
+        num_epochs=args.num_epochs,
+        batch_size=args.batch_size,
+        budgets_per_sample=args.budgets_per_sample,
+        group_size=args.group_size,
+        num_workers=args.num_workers,
+        calibration_samples=args.calibration_samples,
+        budget_range_ms=None if args.budget_range_ms is None else tuple(args.budget_range_ms),
+        num_val_budgets=args.num_val_budgets,
+        oracle_samples=args.oracle_samples,
+        max_new_tokens=args.max_new_tokens,
+        load_checkpoint=args.load_checkpoint,
+        resume=args.resume,
+        mlflow_tracking_uri=args.mlflow_tracking_uri,
+        mlflow_experiment=args.mlflow_experiment,
+        ray_address=args.ray_address,
     )
-    return profile.run(ns)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    from adactrl.training.dashboard import TrainingDashboard
+    from adactrl.training.driver import run_training  # Ray is imported only once the flags are good
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING)
+    logging.getLogger("adactrl.train").addHandler(console)
+    outcome = run_training(config, backend_hook=TrainingDashboard(Path(config.output_dir).name).attach)
+    print(f"outputs in {outcome.output_dir} (MLflow run {outcome.run_id} at {outcome.tracking_uri}); "
+          f"wall time {outcome.wall_s:.0f} s")  # fmt: skip
+    return 0

@@ -1,0 +1,221 @@
+"""The configuration of one `adactrl train` run: data, learner, rollouts and outputs.
+
+Every field is checked in `__post_init__` so that a bad flag fails with a message that says what
+to change, before a model is loaded or Ray starts. This module imports neither torch nor
+`datasets` at load time, so `adactrl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adactrl.controller import ControllerConfig
+    from adactrl.reward import RewardConfig
+
+LOSSES: tuple[str, ...] = ("grpo", "pairwise")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What the learner's loss hook computes from one batch of rollout records."""
+
+    loss: str = "grpo"
+    """"grpo": PPO-clipped policy gradient on group-normalised advantages; "pairwise": seed 001's
+    ranking loss over same-group pairs."""
+    clip_eps: float = 0.2
+    """PPO ratio clip for records sampled by an older policy (on-policy records have ratio 1)."""
+    entropy_coef: float = 0.01
+    """Entropy bonus weight (grpo only): keeps the four sub-action distributions exploring."""
+    adv_eps: float = 1e-6
+    """Groups whose reward std is below this carry no signal (advantage 0, counted)."""
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if not (math.isfinite(self.clip_eps) and self.clip_eps > 0):
+            raise ValueError(f"clip_eps must be > 0 (0.2 is usual), got {self.clip_eps}")
+        if not (math.isfinite(self.entropy_coef) and self.entropy_coef >= 0):
+            raise ValueError(f"entropy_coef must be a finite number >= 0, got {self.entropy_coef}")
+        if not self.adv_eps > 0:
+            raise ValueError(f"adv_eps must be > 0, got {self.adv_eps}")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The learner's optimisation plumbing around the loss."""
+
+    lr: float = 3e-3
+    """Adam learning rate of stage 2 (and of the budget encoder when it trains)."""
+    stage1_lr_ratio: float = 1.0
+    """Stage 1 learns at lr * stage1_lr_ratio (0.1 to fine-tune a loaded stage 1, 0 holds it)."""
+    train_budget_encoder: bool = False
+    """Train the budget MLP too (through stage 1, which reads the budget token)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping over all trainable parameters."""
+    max_policy_lag: int = 2
+    """Records sampled more than this many versions ago are dropped and counted."""
+    plateau_patience: int = 1
+    """ReduceLROnPlateau on validation reward: epochs without improvement before the lr drops."""
+    plateau_factor: float = 0.5
+    """ReduceLROnPlateau: the lr is multiplied by this on a plateau."""
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.stage1_lr_ratio) and self.stage1_lr_ratio >= 0):
+            raise ValueError(f"stage1_lr_ratio must be >= 0 (1.0 trains both stages alike), got {self.stage1_lr_ratio}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        if self.max_policy_lag < 0:
+            raise ValueError(f"max_policy_lag must be >= 0 (0 keeps only on-policy records), got {self.max_policy_lag}")
+        if self.plateau_patience < 0:
+            raise ValueError(f"plateau_patience must be >= 0, got {self.plateau_patience}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where samples come from. Workers rebuild the same splits from these values locally."""
+
+    dataset_names: tuple[str, ...] = ("synthetic",)
+    num_train_samples: int = 64
+    """Training samples per dataset (split "train")."""
+    num_val_samples: int = 32
+    """Held-out validation samples per dataset (split "validation")."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from adactrl.data import DATASET_NAMES
+
+        if isinstance(self.dataset_names, str) or not self.dataset_names:
+            raise ValueError(f"dataset_names must be a non-empty list of names, got {self.dataset_names!r}")
+        unknown = [n for n in self.dataset_names if n not in DATASET_NAMES]
+        if unknown:
+            raise ValueError(f"unknown dataset names {unknown}; choose from {list(DATASET_NAMES)}")
+        if len(set(self.dataset_names)) != len(self.dataset_names):
+            raise ValueError(f"dataset_names repeats a name: {list(self.dataset_names)}")
+        if self.num_train_samples < 1 or self.num_val_samples < 1:
+            raise ValueError(
+                f"num_train_samples and num_val_samples must be >= 1, got "
+                f"{self.num_train_samples} and {self.num_val_samples}"
+            )
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the README's run: it shows learning in a few minutes on 2 CPU cores."""
+
+    output_dir: str = "outputs/train"
+    model_path: str | None = None
+    """Embedded model directory; None is the shipped model."""
+    importance_scores_file: str | None = None
+    """Block importance JSON (`adactrl importance`); None keeps the model's own scores."""
+    data: DataConfig = field(default_factory=DataConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    reward: RewardConfig = field(default_factory=lambda: _default_reward())
+    num_epochs: int = 4
+    batch_size: int = 8
+    """Samples per rollout request; one learner update per request."""
+    budgets_per_sample: int = 1
+    """Budgets drawn per sample; each (sample, budget) pair is one GRPO group."""
+    group_size: int = 4
+    """Plans sampled per (sample, budget) group; at least 2, or no plan has a peer to compare with."""
+    num_workers: int = 2
+    calibration_samples: int = 6
+    """Samples per worker whose cheapest- and full-plan latencies set the budget range."""
+    budget_margin: float = 1.1
+    """Budgets are drawn log-uniformly in [cheapest * margin, full * margin]."""
+    budget_range_ms: tuple[float, float] | None = None
+    """A fixed (low, high) budget range instead of calibrating one."""
+    num_val_budgets: int = 4
+    """Validation budgets: this many fixed log-spaced quantiles of the budget range."""
+    oracle_samples: int = 32
+    """Validation samples swept with every static plan for the Pareto oracle; 0 skips it."""
+    max_new_tokens: int = 4
+    load_checkpoint: str | None = None
+    """Start from this controller checkpoint's weights (fresh optimizer)."""
+    resume: bool = False
+    """Continue exactly from the newest checkpoint_epoch_N.pt in output_dir."""
+    mlflow_tracking_uri: str | None = None
+    """None keeps MLflow's own default: sqlite:///mlflow.db in the working directory."""
+    mlflow_experiment: str = "adactrl-train"
+    ray_address: str | None = None
+    """Connect to this Ray cluster instead of starting a local one."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "num_epochs": self.num_epochs, "batch_size": self.batch_size, "num_workers": self.num_workers,
+            "budgets_per_sample": self.budgets_per_sample, "calibration_samples": self.calibration_samples,
+            "num_val_budgets": self.num_val_budgets, "max_new_tokens": self.max_new_tokens,
+        }  # fmt: skip
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.group_size < 2:
+            raise ValueError(
+                f"group_size must be >= 2 (GRPO compares plans within a group; one plan has no peer), "
+                f"got {self.group_size}"
+            )
+        if self.oracle_samples < 0:
+            raise ValueError(f"oracle_samples must be >= 0 (0 skips the oracle), got {self.oracle_samples}")
+        if not (math.isfinite(self.budget_margin) and self.budget_margin > 0):
+            raise ValueError(f"budget_margin must be a finite number > 0, got {self.budget_margin}")
+        if self.budget_range_ms is not None:
+            low, high = self.budget_range_ms
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low < high):
+                raise ValueError(f"budget_range_ms must be (low, high) ms with 0 < low < high, got {self.budget_range_ms}")
+        if self.resume and self.load_checkpoint:
+            raise ValueError("--resume continues a run from its own checkpoint; drop --load_checkpoint")
+        for name in ("model_path", "importance_scores_file", "load_checkpoint"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).exists():
+                raise FileNotFoundError(f"--{name} {path} does not exist")
+
+    @property
+    def seed(self) -> int:
+        return self.data.seed
+
+    def to_params(self) -> dict[str, str | int | float | bool | None]:
+        """Flat parameters for MLflow: nested configs become dotted keys."""
+        return _flatten(asdict(self))
+
+
+def _default_reward() -> RewardConfig:
+    from adactrl.reward import RewardConfig
+
+    return RewardConfig()
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, (list, tuple)):
+            flat[prefix + key] = ",".join(str(v) for v in value)
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a rollout worker needs to rebuild the run's model, splits and controller locally."""
+
+    controller: ControllerConfig
+    data: DataConfig
+    reward: RewardConfig
+    model_path: str | None = None
+    importance_scores_file: str | None = None
+    max_new_tokens: int = 4
+    device: str = "cpu"
+    num_threads: int = 1
+    """torch threads per worker: one per CPU of its placement-group bundle."""

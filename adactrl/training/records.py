@@ -1,0 +1,185 @@
+"""Typed records that cross the actor boundary between the driver, the workers and the learner.
+
+Requests carry only sample indices into each worker's locally built split, never images; every
+record carries the `policy_version` of the weights that produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from adactrl.reward import Reward
+
+
+@dataclass(frozen=True)
+class RolloutRequest:
+    """Sample `group_size` plans for each (sample, budget) pair with the worker's current policy."""
+
+    epoch: int
+    request_id: int
+    """Position of this request in its epoch; with `epoch` it names the request for re-issue."""
+    sample_indices: tuple[int, ...]
+    """Indices into the worker's train split; a sample appears once per budget drawn for it."""
+    budgets_ms: tuple[float, ...]
+    """One budget per entry of sample_indices."""
+    group_size: int
+    policy_version: int
+    """The version the worker must hold when it runs this request."""
+    seed: int
+    """Seeds the plan sampling, so a re-issued or resumed request samples the same plans."""
+
+    def __post_init__(self) -> None:
+        if len(self.sample_indices) != len(self.budgets_ms):
+            raise ValueError("a rollout request needs one budget per sample index")
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One sampled plan, run and scored: everything the learner needs to re-score its actions."""
+
+    sample_id: int
+    """Index of the sample in the train split (unique across the run's datasets)."""
+    budget_ms: float
+    actions: tuple[int, int, int, int]
+    """(tier, insertion, top_k, num_blocks) indices into the KnobSpace value sets."""
+    old_logp: float
+    """Summed log-probability of the four sub-actions under the sampling policy."""
+    language_feature: np.ndarray
+    """[d_model] float32, the pooled prompt embedding stage 1 read."""
+    latency_token: np.ndarray
+    """[d_model] float32, the hidden state stage 2 read."""
+    accuracy: float
+    latency_ms: dict[str, float]
+    """Measured milliseconds per stage plus 'total' (the latency the reward used)."""
+    reward: Reward
+    policy_version: int
+    worker_index: int
+
+    @property
+    def group_key(self) -> tuple[int, float]:
+        return (self.sample_id, self.budget_ms)
+
+    @property
+    def violated(self) -> bool:
+        return self.latency_ms["total"] > self.budget_ms
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """A sample that could not be used (corrupt image, empty answers, over-long prompt)."""
+
+    sample_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """A worker's answer to one RolloutRequest."""
+
+    epoch: int
+    request_id: int
+    records: tuple[RolloutRecord, ...]
+    skipped: tuple[SkippedSample, ...]
+    policy_version: int
+    worker_index: int
+    rollout_s: float
+    """Wall time the worker spent on the request."""
+
+    @property
+    def plans_per_s(self) -> float:
+        return len(self.records) / self.rollout_s if self.rollout_s > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Run the greedy policy on each validation sample at each budget."""
+
+    sample_indices: tuple[int, ...]
+    """Indices into the worker's validation split."""
+    budgets_ms: tuple[float, ...]
+    policy_version: int
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    sample_id: int
+    budget_ms: float
+    actions: tuple[int, int, int, int]
+    accuracy: float
+    latency_ms: dict[str, float]
+    reward: Reward
+    policy_version: int
+
+    @property
+    def violated(self) -> bool:
+        return self.latency_ms["total"] > self.budget_ms
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    records: tuple[EvalRecord, ...]
+    skipped: tuple[SkippedSample, ...]
+    policy_version: int
+    worker_index: int
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """Measured end-to-end latencies of the cheapest and the full static plan on one worker."""
+
+    cheapest_ms: tuple[float, ...]
+    full_ms: tuple[float, ...]
+    worker_index: int
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A published controller state: a state dict in process, an object-store ref under Ray."""
+
+    version: int
+    state: Any
+
+
+@dataclass(frozen=True)
+class BudgetRange:
+    """The training budget range, calibrated from measured latencies (or given) and recorded."""
+
+    low_ms: float
+    high_ms: float
+    cheapest_ms: float | None = None
+    """Median measured latency of the cheapest plan (None when the range was given)."""
+    full_ms: float | None = None
+    """Median measured latency of the full plan (None when the range was given)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low_ms) and math.isfinite(self.high_ms) and 0 < self.low_ms < self.high_ms):
+            raise ValueError(f"a budget range needs 0 < low < high, got [{self.low_ms}, {self.high_ms}] ms")
+
+    @classmethod
+    def calibrate(cls, results: list[CalibrationResult], margin: float) -> BudgetRange:
+        """[cheapest * margin, full * margin] from the medians over every worker's measurements."""
+        cheapest = float(np.median([t for r in results for t in r.cheapest_ms]))
+        full = float(np.median([t for r in results for t in r.full_ms]))
+        if not full > cheapest:
+            raise ValueError(
+                f"the full plan ({full:.2f} ms) was not slower than the cheapest ({cheapest:.2f} ms): "
+                "the knobs do not change latency here; pass --budget_range_ms LOW HIGH"
+            )
+        return cls(cheapest * margin, full * margin, cheapest, full)
+
+    def sample(self, rng: np.random.Generator, n: int) -> tuple[float, ...]:
+        """n budgets drawn log-uniformly from the range."""
+        logs = rng.uniform(math.log(self.low_ms), math.log(self.high_ms), size=n)
+        return tuple(float(v) for v in np.exp(logs))
+
+    def quantiles(self, k: int) -> tuple[float, ...]:
+        """k fixed budgets at the log-space quantiles (i + 0.5) / k: the validation budgets."""
+        span = math.log(self.high_ms / self.low_ms)
+        return tuple(round(self.low_ms * math.exp(span * (i + 0.5) / k), 3) for i in range(k))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"low_ms": self.low_ms, "high_ms": self.high_ms, "cheapest_ms": self.cheapest_ms, "full_ms": self.full_ms}

@@ -1,0 +1,140 @@
+"""Rollouts without Ray: load a split, prepare a sample, run a sampled or greedy plan, score it.
+
+The worker (rollout_workers/) composes these; they hold no state of their own, so a unit test
+or a benchmark calls them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import torch
+from PIL import Image
+
+from adactrl.controller import Controller
+from adactrl.controller.adaptive import adaptive_infer
+from adactrl.data import load_vqa_dataset
+from adactrl.eval.vqa import vqa_score
+from adactrl.executor import InferenceResult, StaticPolicy, execute
+from adactrl.knobs import KnobSpace, Plan
+from adactrl.models.adapter import MoEVLM
+from adactrl.models.preprocessing import to_rgb
+from adactrl.reward import Reward, RewardConfig, compute_reward
+
+LatencyFn = Callable[[InferenceResult], float]
+"""Which latency the reward sees for a run; the default is the measured end-to-end time."""
+
+
+def measured_latency(result: InferenceResult) -> float:
+    return result.total_ms
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used; the worker skips and counts it."""
+
+
+@dataclass(frozen=True)
+class PreparedSample:
+    sample_id: int
+    image: Image.Image
+    question: str
+    answers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """One run of one plan at one budget, scored."""
+
+    actions: tuple[int, int, int, int]
+    log_prob: float
+    result: InferenceResult
+    accuracy: float
+    latency_ms: dict[str, float]
+    """The run's stage times with 'total' as the latency the reward used."""
+    reward: Reward
+
+
+def load_split(dataset_names: Sequence[str], split: str, num_samples: int, seed: int) -> datasets.Dataset:
+    """`num_samples` rows of `split` from each dataset, concatenated in the given order."""
+    parts = [load_vqa_dataset(name, split, num_samples, seed) for name in dataset_names]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def prepare_sample(dataset: Sequence[dict], index: int, model: MoEVLM) -> PreparedSample:
+    """Decode row `index` and check that it can be run and scored; SampleError says why not."""
+    try:
+        row = dataset[index]
+        image = to_rgb(row["image"])
+        answers = tuple(str(a) for a in row["answers"] or ())
+        question = str(row["question"])
+        model.tokenize(question)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise SampleError(f"sample {index}: {type(err).__name__}: {err}") from err
+    if not answers or not any(a.strip() for a in answers):
+        raise SampleError(f"sample {index}: no annotator answers to score against")
+    return PreparedSample(sample_id=index, image=image, question=question, answers=answers)
+
+
+def plan_complexity(plan: Plan, space: KnobSpace) -> float:
+    """A knob-only proxy for the plan's compute as a share of the full plan's, in (0, 1].
+
+    Expert work per token is insertion blocks at the default top-k plus the rest at top_k; the
+    vision share grows with the tier's rank.
+    """
+    expert_work = plan.insertion * space.default_top_k + (plan.num_blocks - plan.insertion) * plan.top_k
+    vision_share = (space.tiers.index(plan.tier) + 1) / len(space.tiers)
+    return expert_work / (space.num_layers * space.default_top_k) * vision_share
+
+
+def run_controller_plan(
+    model: MoEVLM,
+    controller: Controller,
+    sample: PreparedSample,
+    budget_ms: float,
+    *,
+    greedy: bool,
+    generator: torch.Generator | None,
+    reward_config: RewardConfig,
+    latency_fn: LatencyFn = measured_latency,
+    max_new_tokens: int = 4,
+    device: str = "cpu",
+) -> PlanOutcome:
+    """One adaptive inference (sampled, or greedy for validation), scored with the shared reward."""
+    out = adaptive_infer(
+        model, controller, sample.image, sample.question, budget_ms,
+        greedy=greedy, generator=generator, max_new_tokens=max_new_tokens, device=device,
+    )  # fmt: skip
+    return _score(out.result, out.actions, out.log_prob, sample, budget_ms, model.knob_space, reward_config, latency_fn)
+
+
+def run_static_plan(
+    model: MoEVLM,
+    sample: PreparedSample,
+    plan: Plan,
+    *,
+    latency_fn: LatencyFn = measured_latency,
+    max_new_tokens: int = 4,
+    device: str = "cpu",
+) -> float:
+    """The latency of one static plan on one sample (calibration)."""
+    result = execute(model, sample.image, sample.question, StaticPolicy(plan), max_new_tokens=max_new_tokens, device=device)
+    return float(latency_fn(result))
+
+
+def _score(
+    result: InferenceResult,
+    actions: tuple[int, int, int, int],
+    log_prob: float,
+    sample: PreparedSample,
+    budget_ms: float,
+    space: KnobSpace,
+    reward_config: RewardConfig,
+    latency_fn: LatencyFn,
+) -> PlanOutcome:
+    accuracy = vqa_score(result.answer, sample.answers)
+    total = float(latency_fn(result))
+    latency = dict(result.latency_ms) | {"total": total}
+    reward = compute_reward(accuracy, total, budget_ms, plan_complexity(result.plan, space), reward_config)
+    return PlanOutcome(actions, log_prob, result, accuracy, latency, reward)

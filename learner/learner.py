@@ -1,0 +1,181 @@
+"""The learner: owns the optimizer, clipping, scheduler, policy versions, metrics and its state.
+
+A plain class (Ray is applied where it is created): it receives rollout batches as they
+arrive, drops records older than `max_policy_lag` versions, forms GRPO groups by
+(sample_id, budget), takes one Adam step per batch through the loss hook, and bumps the version.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from adactrl.controller import Controller
+from adactrl.metrics import (
+    LEARNER_LR_PREFIX,
+    LEARNER_UPDATE_MS,
+    LOSS_GRAD_NORM,
+    POLICY_LAG,
+    POLICY_VERSION,
+    ROLLOUT_ACCURACY,
+    ROLLOUT_LATENCY_MS,
+    ROLLOUT_NUM_PLANS,
+    ROLLOUT_NUM_SKIPPED,
+    ROLLOUT_NUM_STALE_DROPPED,
+    ROLLOUT_PLANS_PER_S,
+    ROLLOUT_VIOLATION_RATE,
+)
+from adactrl.reward import Reward
+from adactrl.training.config import LearnerConfig
+from adactrl.training.loss import BatchTensors, compute_loss
+from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef
+
+
+class NonFiniteError(ValueError):
+    """A NaN or infinite reward, loss or gradient: the step is refused and nothing changes."""
+
+
+@dataclass(frozen=True)
+class LearnerStep:
+    version: int
+    """The policy version after this batch (unchanged when nothing was left to learn from)."""
+    updated: bool
+    num_stale_dropped: int
+    metrics: dict[str, float]
+
+
+class Learner:
+    def __init__(self, controller: Controller, config: LearnerConfig) -> None:
+        self.controller = controller
+        self.config = config
+        groups = controller.trainable_parameters(
+            config.lr, config.stage1_lr_ratio, train_budget_encoder=config.train_budget_encoder
+        )
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = torch.optim.Adam(groups)
+        self.scheduler = ReduceLROnPlateau(
+            self.optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
+        )
+        self.version = 0
+
+    def update(self, batch: RolloutBatch) -> LearnerStep:
+        """One Adam step on the batch's fresh-enough records; raises NonFiniteError before any change."""
+        began = time.perf_counter()
+        records = list(batch.records)
+        _check_rewards(records)
+        fresh = [r for r in records if self.version - r.policy_version <= self.config.max_policy_lag]
+        dropped = len(records) - len(fresh)
+        metrics = rollout_metrics(batch) | {ROLLOUT_NUM_STALE_DROPPED: float(dropped)}
+        if not fresh:
+            return LearnerStep(self.version, False, dropped, metrics | {POLICY_VERSION: float(self.version)})
+        tensors = BatchTensors.from_records(fresh, adv_eps=self.config.loss.adv_eps)
+        _check_inputs(tensors, batch)
+        self.controller.train()
+        out = compute_loss(controller=self.controller, batch_tensors=tensors, config=self.config.loss)
+        if not torch.isfinite(out.loss):
+            raise NonFiniteError(
+                f"the loss is {out.loss.item()} on the batch of request {batch.request_id} (epoch {batch.epoch}, "
+                f"worker {batch.worker_index}); the step was not taken and the last checkpoint is intact"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"the gradient norm is {grad_norm.item()} on request {batch.request_id} (epoch {batch.epoch}); "
+                "the step was not taken and the last checkpoint is intact"
+            )
+        self.optimizer.step()
+        lag = [self.version - r.policy_version for r in fresh]
+        self.version += 1
+        metrics |= out.to_metrics() | tensors.groups.to_metrics()
+        metrics |= {
+            LOSS_GRAD_NORM: float(grad_norm),
+            POLICY_LAG: statistics.fmean(lag),
+            POLICY_VERSION: float(self.version),
+            LEARNER_UPDATE_MS: (time.perf_counter() - began) * 1000.0,
+        }
+        metrics |= {LEARNER_LR_PREFIX + g["name"]: float(g["lr"]) for g in self.optimizer.param_groups}
+        return LearnerStep(self.version, True, dropped, metrics)
+
+    def weights(self) -> WeightsRef:
+        """The current controller state with its version, detached from the learner's tensors."""
+        state = {k: v.detach().clone() for k, v in self.controller.state_dict().items()}
+        return WeightsRef(self.version, state)
+
+    def scheduler_step(self, val_reward: float) -> None:
+        """ReduceLROnPlateau on the validation reward (higher is better)."""
+        if not np.isfinite(val_reward):
+            raise NonFiniteError(f"validation reward is {val_reward}; the scheduler was not stepped")
+        self.scheduler.step(val_reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything resume needs: optimizer, scheduler, version and the global RNG states."""
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {
+            # Copies: the optimizer's state_dict shares its moment tensors, which later steps change.
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+            "version": self.version,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached": float(cached)},
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`; the controller's weights are restored by the caller beforehand."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.version = int(state["version"])
+        torch.set_rng_state(state["torch_rng"])
+        rng = state["numpy_rng"]
+        keys = rng["keys"].numpy().astype(np.uint32)
+        np.random.set_state((rng["kind"], keys, rng["pos"], rng["has_gauss"], rng["cached"]))
+
+
+def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
+    """Means over a batch's plans: reward components, accuracy, latency, violations, throughput."""
+    records = batch.records
+    metrics = {
+        ROLLOUT_NUM_PLANS: float(len(records)),
+        ROLLOUT_NUM_SKIPPED: float(len(batch.skipped)),
+        ROLLOUT_PLANS_PER_S: batch.plans_per_s,
+    }
+    if records:
+        metrics |= mean_reward([r.reward for r in records]).to_metrics()
+        metrics |= {
+            ROLLOUT_ACCURACY: statistics.fmean(r.accuracy for r in records),
+            ROLLOUT_LATENCY_MS: statistics.fmean(r.latency_ms["total"] for r in records),
+            ROLLOUT_VIOLATION_RATE: statistics.fmean(float(r.violated) for r in records),
+        }
+    return metrics
+
+
+def mean_reward(rewards: list[Reward]) -> Reward:
+    return Reward(**{f.name: statistics.fmean(getattr(r, f.name) for r in rewards) for f in fields(Reward)})
+
+
+def _check_inputs(tensors: BatchTensors, batch: RolloutBatch) -> None:
+    for name in ("old_logp", "language_feature", "latency_token"):
+        values = getattr(tensors, name)
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteError(
+                f"non-finite {name} in the batch of request {batch.request_id} (epoch {batch.epoch}, worker "
+                f"{batch.worker_index}); the step was not taken and the last checkpoint is intact"
+            )
+
+
+def _check_rewards(records: list[RolloutRecord]) -> None:
+    bad = [(r.sample_id, r.reward.total) for r in records if not np.isfinite(r.reward.total)]
+    if bad:
+        raise NonFiniteError(
+            f"non-finite rewards (sample_id, reward) {bad[:5]}; the step was not taken and the last checkpoint is intact"
+        )

@@ -1,0 +1,183 @@
+"""The rollout worker: a plain class; the driver applies `ray.remote` where it creates one.
+
+It builds its model, its controller copy and its data splits locally from a `WorkerConfig`,
+so requests carry only sample indices and budgets. Plans are sampled with a generator seeded
+by the request, so a re-issued request (after a worker restart) samples the same plans.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+from adactrl.controller import Controller
+from adactrl.models.embedded import EmbeddedVLM, load_importance_scores
+from adactrl.profiling import SweepRecord, sweep
+from adactrl.training.config import WorkerConfig
+from adactrl.training.records import (
+    CalibrationResult,
+    EvalBatch,
+    EvalRecord,
+    EvalRequest,
+    RolloutBatch,
+    RolloutRecord,
+    RolloutRequest,
+    SkippedSample,
+    WeightsRef,
+)
+from adactrl.training.rollout import (
+    LatencyFn,
+    PreparedSample,
+    SampleError,
+    load_split,
+    measured_latency,
+    prepare_sample,
+    run_controller_plan,
+    run_static_plan,
+)
+
+WARMUP_RUNS = 2
+
+
+def load_model(model_path: str | None, importance_scores_file: str | None) -> EmbeddedVLM:
+    """The frozen embedded model, with importance scores from a file when one is given."""
+    model = EmbeddedVLM.load(model_path)
+    if importance_scores_file is not None:
+        model.importance = load_importance_scores(importance_scores_file, model.config.num_layers)
+    return model
+
+
+class RolloutWorker:
+    def __init__(self, config: WorkerConfig, worker_index: int, *, latency_fn: LatencyFn = measured_latency) -> None:
+        torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.data.seed + worker_index)
+        self.config = config
+        self.worker_index = worker_index
+        self.latency_fn = latency_fn
+        self.device = config.device
+        self.model = load_model(config.model_path, config.importance_scores_file).to(self.device)
+        self.controller = Controller(config.controller, self.model.knob_space).to(self.device).eval()
+        self.version = -1
+        """No weights yet: the driver sends the learner's before the first request."""
+        data = config.data
+        self.splits = {
+            "train": load_split(data.dataset_names, "train", data.num_train_samples, data.seed),
+            "validation": load_split(data.dataset_names, "validation", data.num_val_samples, data.seed),
+        }
+
+    def ping(self) -> int:
+        """The worker's process id (tests and the driver use it to see a restart)."""
+        return os.getpid()
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(split) for name, split in self.splits.items()}
+
+    def load_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+        if version != self.version:
+            self.controller.load_state_dict(state)
+            self.version = version
+        return self.version
+
+    def current_weights(self) -> WeightsRef:
+        """The version and controller state this worker holds (to check a broadcast arrived)."""
+        return WeightsRef(self.version, {k: v.detach().cpu().clone() for k, v in self.controller.state_dict().items()})
+
+    def rollout(self, request: RolloutRequest) -> RolloutBatch:
+        """group_size sampled plans per (sample, budget) pair, each run, measured and scored."""
+        self._check_version(request.policy_version)
+        began = time.perf_counter()
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        records, skipped = [], []
+        for index, budget in zip(request.sample_indices, request.budgets_ms):
+            sample = self._prepare("train", index, skipped)
+            if sample is None:
+                continue
+            for _ in range(request.group_size):
+                out = run_controller_plan(
+                    self.model, self.controller, sample, budget, greedy=False, generator=generator,
+                    reward_config=self.config.reward, latency_fn=self.latency_fn,
+                    max_new_tokens=self.config.max_new_tokens, device=self.device,
+                )  # fmt: skip
+                records.append(
+                    RolloutRecord(
+                        sample_id=index, budget_ms=budget, actions=out.actions, old_logp=out.log_prob,
+                        language_feature=out.result.language_feature.float().cpu().numpy(),
+                        latency_token=out.result.latency_token.float().cpu().numpy(),
+                        accuracy=out.accuracy, latency_ms=out.latency_ms, reward=out.reward,
+                        policy_version=self.version, worker_index=self.worker_index,
+                    )  # fmt: skip
+                )
+        return RolloutBatch(
+            epoch=request.epoch, request_id=request.request_id, records=tuple(records), skipped=tuple(skipped),
+            policy_version=self.version, worker_index=self.worker_index, rollout_s=time.perf_counter() - began,
+        )  # fmt: skip
+
+    def evaluate(self, request: EvalRequest) -> EvalBatch:
+        """The greedy policy on validation samples, at every budget of the request."""
+        self._check_version(request.policy_version)
+        records, skipped = [], []
+        for index in request.sample_indices:
+            sample = self._prepare("validation", index, skipped)
+            if sample is None:
+                continue
+            for budget in request.budgets_ms:
+                out = run_controller_plan(
+                    self.model, self.controller, sample, budget, greedy=True, generator=None,
+                    reward_config=self.config.reward, latency_fn=self.latency_fn,
+                    max_new_tokens=self.config.max_new_tokens, device=self.device,
+                )  # fmt: skip
+                records.append(
+                    EvalRecord(
+                        sample_id=index, budget_ms=budget, actions=out.actions, accuracy=out.accuracy,
+                        latency_ms=out.latency_ms, reward=out.reward, policy_version=self.version,
+                    )  # fmt: skip
+                )
+        return EvalBatch(tuple(records), tuple(skipped), self.version, self.worker_index)
+
+    def calibrate(self, sample_indices: tuple[int, ...]) -> CalibrationResult:
+        """Latencies of the cheapest and the full static plan, after warm-up, interleaved per sample."""
+        space, importance = self.model.knob_space, self.model.importance
+        cheapest = space.plan(
+            space.tiers[0], space.insertion_positions[-1], space.top_k_values[0], space.num_blocks_values[0], importance
+        )
+        full = space.full_plan(importance)
+        samples = [s for i in sample_indices if (s := self._prepare("train", i, [])) is not None]
+        if not samples:
+            raise ValueError(f"worker {self.worker_index}: none of the calibration samples {sample_indices} is usable")
+        kwargs = {"latency_fn": self.latency_fn, "max_new_tokens": self.config.max_new_tokens, "device": self.device}
+        for _ in range(WARMUP_RUNS):
+            run_static_plan(self.model, samples[0], full, **kwargs)
+        cheap_ms, full_ms = [], []
+        for sample in samples:
+            cheap_ms.append(run_static_plan(self.model, sample, cheapest, **kwargs))
+            full_ms.append(run_static_plan(self.model, sample, full, **kwargs))
+        return CalibrationResult(tuple(cheap_ms), tuple(full_ms), self.worker_index)
+
+    def sweep(self, sample_indices: tuple[int, ...]) -> list[SweepRecord]:
+        """Every static plan on the given validation samples (the Pareto oracle's data)."""
+        rows = []
+        for index in sample_indices:
+            sample = self._prepare("validation", index, [])
+            if sample is not None:
+                rows.append({"image": sample.image, "question": sample.question, "answers": sample.answers,
+                             "question_id": index, "family": str(self.splits["validation"][index]["family"])})
+        if not rows:
+            return []
+        plans = self.model.knob_space.static_plans(self.model.importance)
+        return sweep(self.model, rows, plans, max_new_tokens=self.config.max_new_tokens, device=self.device)
+
+    def _check_version(self, wanted: int) -> None:
+        if self.version != wanted:
+            raise RuntimeError(
+                f"worker {self.worker_index} holds policy version {self.version} but the request needs "
+                f"{wanted}: send the weights (load_weights) before the request"
+            )
+
+    def _prepare(self, split: str, index: int, skipped: list[SkippedSample]) -> PreparedSample | None:
+        try:
+            return prepare_sample(self.splits[split], index, self.model)
+        except SampleError as err:
+            skipped.append(SkippedSample(index, str(err)))
+            return None

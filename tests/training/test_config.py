@@ -1,0 +1,71 @@
+"""Bad input fails with a clear message before a model loads or Ray starts."""
+
+import pytest
+
+import adactrl.training.driver as driver
+from adactrl.cli import main
+from adactrl.training.config import DataConfig, LearnerConfig, LossConfig, TrainConfig
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if the command gets as far as training (and so as far as Ray)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("run_training was reached: the bad flag was not caught first")
+
+    monkeypatch.setattr(driver, "run_training", refuse)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--group_size", "1"], "group_size must be >= 2"),
+        (["--dataset_names", "imagenet"], "unknown dataset names ['imagenet']"),
+        (["--model_path", "/no/such/model"], "--model_path /no/such/model does not exist"),
+        (["--gamma", "-1"], "RewardConfig.gamma must be a finite number >= 0"),
+        (["--alpha", "nan"], "RewardConfig.alpha"),
+        (["--budget_range_ms", "50", "10"], "0 < low < high"),
+        (["--lr", "0"], "lr must be a finite number > 0"),
+        (["--clip_eps", "-0.1"], "clip_eps must be > 0"),
+        (["--max_policy_lag", "-1"], "max_policy_lag must be >= 0"),
+        (["--num_workers", "0"], "num_workers must be >= 1"),
+        (["--resume", "--load_checkpoint", __file__], "drop --load_checkpoint"),
+    ],
+)
+def test_bad_flags_fail_before_ray(flags, message, no_training, capsys):
+    assert main(["train", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adactrl train: error:") and message in err
+
+
+def test_resume_without_a_checkpoint_fails_before_ray(tmp_path, monkeypatch):
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(driver.ray, "init", no_ray)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint_epoch_N.pt"):
+        driver.run_training(TrainConfig(output_dir=str(tmp_path / "empty"), resume=True))
+
+
+def test_config_defaults_are_valid_and_flatten_for_mlflow():
+    params = TrainConfig().to_params()
+    assert params["group_size"] == 4 and params["learner.loss.loss"] == "grpo"
+    assert params["data.dataset_names"] == "synthetic" and params["reward.gamma"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: LossConfig(loss="ppo"), "loss must be one of"),
+        (lambda: LearnerConfig(stage1_lr_ratio=-1), "stage1_lr_ratio"),
+        (lambda: LearnerConfig(plateau_factor=1.5), "plateau_factor"),
+        (lambda: DataConfig(dataset_names="synthetic"), "non-empty list"),
+        (lambda: DataConfig(num_train_samples=0), "num_train_samples"),
+        (lambda: TrainConfig(oracle_samples=-1), "oracle_samples"),
+    ],
+)
+def test_config_validation(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
