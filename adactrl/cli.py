@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, train
+from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, train, tune
 
-COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance)
+COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
