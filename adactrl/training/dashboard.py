@@ -12,8 +12,9 @@ gauges (and one counter), each tagged with the run's name:
     adactrl_weight_sync_ms   time to put a new weight version into the object store for the workers
 
 Ray exports them as `ray_<name>` on each node's metrics port, which Prometheus scrapes and the
-dashboard's Metrics view (with Grafana) plots. The numbers are computed exactly as the MLflow
-metrics of the same names in `adactrl.metrics`.
+dashboard's Metrics view (with Grafana) plots. The numbers are computed as the learner computes
+its MLflow metrics (`adactrl.metrics`), except that the policy lag also counts the records the
+learner then drops as too stale: the dashboard shows staleness as the workers produce it.
 
 No-op safety: the Ray metrics are registered on the first update made while Ray is initialized.
 Without Ray (`run_training(local=True)`, unit tests), or after `ray.shutdown()`, an update only
@@ -45,7 +46,7 @@ GAUGES: dict[str, tuple[str, str]] = {
     ROLLOUT_PLANS_PER_S: (ROLLOUTS_PER_S, "plans one rollout worker executed per second on its last batch"),
     REWARD_TOTAL: (REWARD, "mean reward of the last rollout batch"),
     ROLLOUT_VIOLATION_RATE: (VIOLATION_RATE, "fraction of the last rollout batch's plans over their budget"),
-    POLICY_LAG: (POLICY_LAG_VERSIONS, "mean policy versions between sampling a record and learning from it"),
+    POLICY_LAG: (POLICY_LAG_VERSIONS, "mean policy versions between sampling a record and the newest version"),
     WEIGHT_SYNC_MS: (WEIGHT_SYNC, "ms to publish a new weight version to the object store"),
 }
 """MLflow metric key -> (Ray metric name, description)."""

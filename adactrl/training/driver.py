@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -311,6 +312,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, attempts:
     raylet gives its dashboard agent 15 s to come up and aborts when a busy machine makes the
     agent's imports slower than that; a second try finds them in the page cache.
     """
+    # Inside a `ray job submit` job, RAY_ADDRESS names the cluster the job runs on.
+    address = address or os.environ.get("RAY_ADDRESS")
     if address is not None:
         ray.init(address=address, logging_level=logging.WARNING)
         return
