@@ -27,14 +27,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from adactrl.baselines.checkpoint import load_payload, save_payload
 from adactrl.baselines.threads import single_thread
-from adactrl.controller.checkpoint import knob_space_diff
 from adactrl.knobs import KnobSpace, Plan
 from adactrl.metrics import LATENCY_ESTIMATE_ABS_ERROR_MS, LATENCY_ESTIMATE_ERROR_MS
 from adactrl.profiling import SweepRecord
@@ -194,35 +193,14 @@ def _plan_means(values: torch.Tensor, plans: Sequence[str]) -> torch.Tensor:
 
 
 def save_estimator(path: str | os.PathLike, model: LatencyEstimator, metrics: dict | None = None) -> None:
-    payload = {
-        "format": FORMAT,
-        "config": asdict(model.config),
-        "knob_space": model.knob_space.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metrics": metrics or {},
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    save_payload(path, FORMAT, model, {"metrics": metrics or {}})
 
 
 def load_estimator(
     path: str | os.PathLike, *, expected_knob_space: KnobSpace | None = None
 ) -> tuple[LatencyEstimator, dict]:
     """-> (estimator, metrics saved with it). ValueError for another format or KnobSpace."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no latency estimator checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable latency estimator checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a latency estimator checkpoint of format {FORMAT!r}")
-    knob_space = KnobSpace.from_dict(payload["knob_space"])
-    if expected_knob_space is not None and knob_space != expected_knob_space:
-        raise ValueError(
-            f"{path} was made for another KnobSpace: {knob_space_diff(knob_space, expected_knob_space)}"
-        )
+    payload, knob_space = load_payload(path, FORMAT, "latency estimator", expected_knob_space)
     model = LatencyEstimator(EstimatorConfig(**payload["config"]), knob_space)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload.get("metrics", {})

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from adactrl.baselines.checkpoint import load_payload, save_payload
 from adactrl.baselines.oracle import LookupTableOracle
 from adactrl.baselines.threads import single_thread
-from adactrl.controller.checkpoint import knob_space_diff
 from adactrl.controller.modules import geometric_periods, sinusoidal_budget_features
 from adactrl.knobs import KnobSpace, Plan
 
@@ -164,36 +163,14 @@ def train_supervised(
 
 
 def save_supervised(path: str | os.PathLike, model: SupervisedController, metrics: dict | None = None) -> None:
-    payload = {
-        "format": FORMAT,
-        "config": asdict(model.config),
-        "knob_space": model.knob_space.to_dict(),
-        "insertion": model.insertion,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metrics": metrics or {},
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
+    save_payload(path, FORMAT, model, {"insertion": model.insertion, "metrics": metrics or {}})
 
 
 def load_supervised(
     path: str | os.PathLike, *, expected_knob_space: KnobSpace | None = None
 ) -> tuple[SupervisedController, dict]:
     """-> (controller, metrics saved with it). ValueError for another format or KnobSpace."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no supervised controller checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable supervised controller checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a supervised controller checkpoint of format {FORMAT!r}")
-    knob_space = KnobSpace.from_dict(payload["knob_space"])
-    if expected_knob_space is not None and knob_space != expected_knob_space:
-        raise ValueError(
-            f"{path} was made for another KnobSpace: {knob_space_diff(knob_space, expected_knob_space)}"
-        )
+    payload, knob_space = load_payload(path, FORMAT, "supervised controller", expected_knob_space)
     model = SupervisedController(SupervisedConfig(**payload["config"]), knob_space, int(payload["insertion"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval(), payload.get("metrics", {})
