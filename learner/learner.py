@@ -35,7 +35,7 @@ from adactrl.metrics import (
 from adactrl.reward import Reward
 from adactrl.training.config import LearnerConfig
 from adactrl.training.loss import BatchTensors, compute_loss
-from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef
+from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef, estimate_errors
 
 
 class NonFiniteError(ValueError):
@@ -142,7 +142,8 @@ class Learner:
 
 
 def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
-    """Means over a batch's plans: reward components, accuracy, latency, violations, throughput."""
+    """Means over a batch's plans: reward components, accuracy, latency, violations, throughput,
+    and with --latency_mode estimated the latency estimator's error."""
     records = batch.records
     metrics = {
         ROLLOUT_NUM_PLANS: float(len(records)),
@@ -156,6 +157,7 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
             ROLLOUT_LATENCY_MS: statistics.fmean(r.latency_ms["total"] for r in records),
             ROLLOUT_VIOLATION_RATE: statistics.fmean(float(r.violated) for r in records),
         }
+        metrics |= estimate_errors(r.latency_ms for r in records)
     return metrics
 
 

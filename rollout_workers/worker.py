@@ -28,6 +28,7 @@ from adactrl.training.records import (
     WeightsRef,
 )
 from adactrl.training.rollout import (
+    EstimatedRunLatency,
     LatencyFn,
     PreparedSample,
     SampleError,
@@ -50,6 +51,10 @@ def load_model(model_path: str | None, importance_scores_file: str | None) -> Em
 
 
 class RolloutWorker:
+    """`latency_fn` is the measured latency of a run. With `config.latency_mode` "estimated" the
+    worker loads the latency estimator once; training rollouts and calibration then use the
+    estimate, validation the measurement, and every record keeps both."""
+
     def __init__(self, config: WorkerConfig, worker_index: int, *, latency_fn: LatencyFn = measured_latency) -> None:
         torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.data.seed + worker_index)
@@ -58,6 +63,12 @@ class RolloutWorker:
         self.latency_fn = latency_fn
         self.device = config.device
         self.model = load_model(config.model_path, config.importance_scores_file).to(self.device)
+        self.estimate_fn: EstimatedRunLatency | None = None
+        if config.latency_mode == "estimated":
+            assert config.latency_estimator is not None, "TrainConfig checks that estimated mode has a path"
+            self.estimate_fn = EstimatedRunLatency.load(config.latency_estimator, self.model.knob_space)
+        self.reward_latency_fn: LatencyFn = self.estimate_fn or latency_fn
+        """The latency of the training reward and of the budget calibration."""
         self.controller = Controller(config.controller, self.model.knob_space).to(self.device).eval()
         self.version = -1
         """No weights yet: the driver sends the learner's before the first request."""
@@ -97,8 +108,8 @@ class RolloutWorker:
             for _ in range(request.group_size):
                 out = run_controller_plan(
                     self.model, self.controller, sample, budget, greedy=False, generator=generator,
-                    reward_config=self.config.reward, latency_fn=self.latency_fn,
-                    max_new_tokens=self.config.max_new_tokens, device=self.device,
+                    reward_config=self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
+                    reward_on_estimate=True, max_new_tokens=self.config.max_new_tokens, device=self.device,
                 )  # fmt: skip
                 records.append(
                     RolloutRecord(
@@ -115,7 +126,8 @@ class RolloutWorker:
         )  # fmt: skip
 
     def evaluate(self, request: EvalRequest) -> EvalBatch:
-        """The greedy policy on validation samples, at every budget of the request."""
+        """The greedy policy on validation samples, at every budget of the request, scored on the
+        measured latency (with an estimator the records keep its estimate too)."""
         self._check_version(request.policy_version)
         records, skipped = [], []
         for index in request.sample_indices:
@@ -125,7 +137,7 @@ class RolloutWorker:
             for budget in request.budgets_ms:
                 out = run_controller_plan(
                     self.model, self.controller, sample, budget, greedy=True, generator=None,
-                    reward_config=self.config.reward, latency_fn=self.latency_fn,
+                    reward_config=self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
                     max_new_tokens=self.config.max_new_tokens, device=self.device,
                 )  # fmt: skip
                 records.append(
@@ -137,7 +149,8 @@ class RolloutWorker:
         return EvalBatch(tuple(records), tuple(skipped), self.version, self.worker_index)
 
     def calibrate(self, sample_indices: tuple[int, ...]) -> CalibrationResult:
-        """Latencies of the cheapest and the full static plan, after warm-up, interleaved per sample."""
+        """Latencies of the cheapest and the full static plan, after warm-up, interleaved per sample:
+        the training reward's latency (estimated in estimated mode), so budgets share its scale."""
         space, importance = self.model.knob_space, self.model.importance
         cheapest = space.plan(
             space.tiers[0], space.insertion_positions[-1], space.top_k_values[0], space.num_blocks_values[0], importance
@@ -146,7 +159,8 @@ class RolloutWorker:
         samples = [s for i in sample_indices if (s := self._prepare("train", i, [])) is not None]
         if not samples:
             raise ValueError(f"worker {self.worker_index}: none of the calibration samples {sample_indices} is usable")
-        kwargs = {"latency_fn": self.latency_fn, "max_new_tokens": self.config.max_new_tokens, "device": self.device}
+        kwargs = {"latency_fn": self.reward_latency_fn, "max_new_tokens": self.config.max_new_tokens,
+                  "device": self.device}  # fmt: skip
         for _ in range(WARMUP_RUNS):
             run_static_plan(self.model, samples[0], full, **kwargs)
         cheap_ms, full_ms = [], []

@@ -9,17 +9,25 @@ is roughly multiplicative. Metrics are computed back in milliseconds.
 The held-out split is by plan: every row of a held-out plan is held out, so the reported R² says
 how well the estimator generalises to plans it never saw, not to new samples of known plans.
 
-Use in training (`adactrl train --latency_mode estimated --latency_estimator PATH`): the driver
-loads `EstimatedLatency.load(PATH, expected_knob_space=model.knob_space)` once per worker and,
-after each plan run (still needed for the answer and the token counts), uses
+Use in training, `adactrl train --latency_mode estimated --latency_estimator PATH` (PATH is the
+latency_estimator.pt that `adactrl baselines` writes; direct measurement stays the default):
 
-    est = estimated.latency_ms(result.plan, result.num_image_tokens, result.num_prompt_tokens,
-                               len(result.token_ids))
-    latency = est["total"] + result.latency_ms["controller"]   # the controller time stays measured
-
-as the reward's latency, and logs `estimate_error_metrics(estimated_totals, measured_totals)`
-(LATENCY_ESTIMATE_ERROR_MS, LATENCY_ESTIMATE_ABS_ERROR_MS) so the estimator's error shows up
-next to the reward. Direct measurement stays the default.
+- The driver loads the file once with the model's KnobSpace (`EstimatedRunLatency.load` in
+  adactrl/training/rollout.py wraps `EstimatedLatency.load(PATH, expected_knob_space=...)`), so an
+  unreadable file or one made for another KnobSpace fails before Ray starts or any rollout runs.
+  Each rollout worker (in process or a Ray actor) then loads it once for itself.
+- Every plan still runs (for the answer and the token counts). A training rollout's reward latency
+  is `est["total"] + result.latency_ms["controller"]`, with `est` from `EstimatedLatency.latency_ms`
+  on the run's plan and token counts: the controller time stays measured. The budget calibration
+  uses the same latency, so the budgets share its scale. Validation greedy runs are scored on the
+  measured latency, like the static Pareto oracle they are compared with in the summary.
+- Every record's `latency_ms` keeps both totals (ESTIMATED_TOTAL, MEASURED_TOTAL in
+  adactrl/training/records.py) beside 'total', the one the reward used, and
+  `estimate_error_metrics` (estimated - measured: mean, mean absolute) is logged next to the
+  reward: per learner step (LATENCY_ESTIMATE_ERROR_MS, LATENCY_ESTIMATE_ABS_ERROR_MS), per epoch
+  over its training rollouts (ROLLOUT_ESTIMATE_*) and per validation pass (VAL_ESTIMATE_*), in
+  MLflow, the history CSVs, the epoch's log line and the summary. Checkpoints record the mode, and
+  --resume refuses another one.
 """
 
 from __future__ import annotations
@@ -233,12 +241,14 @@ class EstimatedLatency:
         return out
 
 
-def estimate_error_metrics(estimated_ms: Sequence[float], measured_ms: Sequence[float]) -> dict[str, float]:
-    """Mean signed (estimated - measured) and mean absolute error in ms, as metric keys."""
+def estimate_error_metrics(
+    estimated_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    keys: tuple[str, str] = (LATENCY_ESTIMATE_ERROR_MS, LATENCY_ESTIMATE_ABS_ERROR_MS),
+) -> dict[str, float]:
+    """Mean signed (estimated - measured) and mean absolute error in ms, under keys (signed, absolute)."""
     if len(estimated_ms) != len(measured_ms) or not estimated_ms:
         raise ValueError("pass the same non-zero number of estimated and measured latencies")
     errors = [e - m for e, m in zip(estimated_ms, measured_ms)]
-    return {
-        LATENCY_ESTIMATE_ERROR_MS: sum(errors) / len(errors),
-        LATENCY_ESTIMATE_ABS_ERROR_MS: sum(abs(e) for e in errors) / len(errors),
-    }
+    signed, absolute = keys
+    return {signed: sum(errors) / len(errors), absolute: sum(abs(e) for e in errors) / len(errors)}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from adactrl.training.config import LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
+from adactrl.training.config import LATENCY_MODES, LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
 
 
 def _defaults(cls: type) -> SimpleNamespace:
@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--oracle_samples", type=int, default=_T.oracle_samples,
                      help="validation samples swept with every static plan for the oracle (0 skips it)")
     run.add_argument("--max_new_tokens", type=int, default=_T.max_new_tokens)
+    run.add_argument("--latency_mode", choices=LATENCY_MODES, default=_T.latency_mode,
+                     help="the training reward's latency: measured per run, or the latency estimator's prediction "
+                          "plus the measured controller time (validation stays measured)")
+    run.add_argument("--latency_estimator", default=None, metavar="PATH",
+                     help="latency_estimator.pt from `adactrl baselines`, for --latency_mode estimated")
 
     learn = p.add_argument_group("learner")
     learn.add_argument("--lr", type=float, default=_L.lr)
@@ -98,6 +103,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         num_val_budgets=args.num_val_budgets,
         oracle_samples=args.oracle_samples,
         max_new_tokens=args.max_new_tokens,
+        latency_mode=args.latency_mode,
+        latency_estimator=args.latency_estimator,
         load_checkpoint=args.load_checkpoint,
         resume=args.resume,
         mlflow_tracking_uri=args.mlflow_tracking_uri,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from adactrl.training.config import TrainConfig
     from adactrl.tuning import SearchOutcome
 
-PATH_FLAGS = ("model_path", "importance_scores_file", "load_checkpoint")
+PATH_FLAGS = ("model_path", "importance_scores_file", "load_checkpoint", "latency_estimator")
 """Trials run in their own working directories: these paths are made absolute first."""
 OWN_FLAGS = ("output_dir", "resume", "ray_address", "mlflow_tracking_uri", "mlflow_experiment")
 """`adactrl train` flags that `adactrl tune` sets for every trial itself."""

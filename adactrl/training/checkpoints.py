@@ -37,6 +37,9 @@ class TrainerState:
     best_val: dict[str, float] = field(default_factory=dict)
     worker_restarts: int = 0
     mlflow_run_id: str | None = None
+    latency_mode: str = "measured"
+    """The run's --latency_mode (checkpoints from before it existed were all "measured")."""
+    latency_estimator: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,7 @@ class TrainerState:
             "best_val_reward": self.best_val_reward, "best_epoch": self.best_epoch,
             "untrained_val": dict(self.untrained_val), "best_val": dict(self.best_val),
             "worker_restarts": self.worker_restarts, "mlflow_run_id": self.mlflow_run_id,
+            "latency_mode": self.latency_mode, "latency_estimator": self.latency_estimator,
         }  # fmt: skip
 
     @classmethod

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from adactrl.reward import RewardConfig
 
 LOSSES: tuple[str, ...] = ("grpo", "pairwise")
+LATENCY_MODES: tuple[str, ...] = ("measured", "estimated")
+ESTIMATOR_HINT = (
+    "run `adactrl baselines --profile PROFILE --model_path MODEL` on a profile of the model to train one "
+    "(it writes latency_estimator.pt)"
+)
+"""What to do about a missing or unusable --latency_estimator."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,12 @@ class TrainConfig:
     oracle_samples: int = 32
     """Validation samples swept with every static plan for the Pareto oracle; 0 skips it."""
     max_new_tokens: int = 4
+    latency_mode: str = "measured"
+    """The latency in the training reward (and the budget calibration): "measured" times each run;
+    "estimated" takes the latency estimator's prediction for the run's plan and token counts plus
+    the measured controller time, and logs the estimator's error. Validation stays measured."""
+    latency_estimator: str | None = None
+    """The latency estimator file (`adactrl baselines` writes latency_estimator.pt) for "estimated"."""
     load_checkpoint: str | None = None
     """Start from this controller checkpoint's weights (fresh optimizer)."""
     resume: bool = False
@@ -174,6 +186,15 @@ class TrainConfig:
                 raise ValueError(f"budget_range_ms must be (low, high) ms with 0 < low < high, got {self.budget_range_ms}")
         if self.resume and self.load_checkpoint:
             raise ValueError("--resume continues a run from its own checkpoint; drop --load_checkpoint")
+        if self.latency_mode not in LATENCY_MODES:
+            raise ValueError(f"latency_mode must be one of {list(LATENCY_MODES)}, got {self.latency_mode!r}")
+        if self.latency_mode == "estimated" and self.latency_estimator is None:
+            raise ValueError(f"--latency_mode estimated needs --latency_estimator PATH: {ESTIMATOR_HINT}")
+        if self.latency_mode == "measured" and self.latency_estimator is not None:
+            raise ValueError("--latency_estimator is used only with --latency_mode estimated; add that flag or "
+                             "drop --latency_estimator")  # fmt: skip
+        if self.latency_estimator is not None and not Path(self.latency_estimator).is_file():
+            raise FileNotFoundError(f"--latency_estimator {self.latency_estimator} is not a file: {ESTIMATOR_HINT}")
         for name in ("model_path", "importance_scores_file", "load_checkpoint"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
@@ -216,6 +237,9 @@ class WorkerConfig:
     model_path: str | None = None
     importance_scores_file: str | None = None
     max_new_tokens: int = 4
+    latency_mode: str = "measured"
+    latency_estimator: str | None = None
+    """An absolute path (the driver resolves it): workers may run in another directory."""
     device: str = "cpu"
     num_threads: int = 1
     """torch threads per worker: one per CPU of its placement-group bundle."""

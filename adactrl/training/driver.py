@@ -33,7 +33,7 @@ from adactrl.training.config import TrainConfig, WorkerConfig
 from adactrl.training.loop import LocalBackend, Trainer, split_evenly
 from adactrl.training.outputs import LOG_FILE, TRAINING_HISTORY, VALIDATION_HISTORY, RunRecorder
 from adactrl.training.records import RolloutBatch, RolloutRequest, WeightsRef
-from adactrl.training.rollout import LatencyFn, measured_latency
+from adactrl.training.rollout import EstimatedRunLatency, LatencyFn, measured_latency
 from adactrl.training.summary import format_summary, static_oracle
 from learner import Learner
 from rollout_workers import RolloutWorker, load_model
@@ -182,8 +182,8 @@ def run_training(
     """Train, validate every epoch, checkpoint, then print and return the summary.
 
     local=True runs the workers in this process in a fixed order; with a deterministic
-    `latency_fn` (the latency the reward sees) the whole run is then reproducible: the resume
-    test. `on_batch(step)` runs after every learner update and `backend_hook(backend)` once the
+    `latency_fn` (the measured latency, which the reward sees unless config.latency_mode is
+    "estimated") the whole run is then reproducible: the resume test. `on_batch(step)` runs after every learner update and `backend_hook(backend)` once the
     workers exist (tests use them to watch weights and to kill a worker).
     `on_epoch_end(epoch, val_metrics)` runs after each epoch's validation and checkpoint (a Tune
     trial reports there). `worker_bundles=(group, first)` places the workers in bundles
@@ -193,13 +193,17 @@ def run_training(
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(config.model_path, config.importance_scores_file)
-    controller, learner_state, state = _initial_state(config, model)
+    estimator = None if config.latency_estimator is None else str(Path(config.latency_estimator).resolve())
+    if estimator is not None:
+        EstimatedRunLatency.load(estimator, model.knob_space)  # an unusable file fails here, before any rollout
+    controller, learner_state, state = _initial_state(config, model, estimator)
     learner = Learner(controller, config.learner)
     if learner_state is not None:
         learner.load_state_dict(learner_state)
     worker_config = WorkerConfig(
         controller=controller.config, data=config.data, reward=config.reward, model_path=config.model_path,
         importance_scores_file=config.importance_scores_file, max_new_tokens=config.max_new_tokens,
+        latency_mode=config.latency_mode, latency_estimator=estimator,
     )  # fmt: skip
     recorder = RunRecorder(
         output_dir, tracking_uri=config.mlflow_tracking_uri, experiment=config.mlflow_experiment,
@@ -237,19 +241,40 @@ def run_training(
         recorder.finish(ok)
 
 
-def _initial_state(config: TrainConfig, model: Any) -> tuple[Controller, dict | None, TrainerState]:
+def _initial_state(
+    config: TrainConfig, model: Any, estimator: str | None
+) -> tuple[Controller, dict | None, TrainerState]:
+    fresh = TrainerState(latency_mode=config.latency_mode, latency_estimator=estimator)
     if config.resume:
         path = latest_checkpoint(Path(config.output_dir))
         if path is None:
             raise FileNotFoundError(f"--resume: no checkpoint_epoch_N.pt in {config.output_dir}")
         controller, learner_state, state = load_training_checkpoint(path, model.knob_space, model.hidden_size)
+        _check_resumed_latency(path, state, fresh)
         return controller, learner_state, state
     if config.load_checkpoint is not None:
         controller, _ = load_controller(
             config.load_checkpoint, expected_knob_space=model.knob_space, expected_d_model=model.hidden_size
         )
-        return controller, None, TrainerState()
-    return Controller(ControllerConfig(d_model=model.hidden_size, seed=config.seed), model.knob_space), None, TrainerState()
+        return controller, None, fresh
+    return Controller(ControllerConfig(d_model=model.hidden_size, seed=config.seed), model.knob_space), None, fresh
+
+
+def _check_resumed_latency(path: Path, state: TrainerState, wanted: TrainerState) -> None:
+    """A resumed run keeps the latency its reward was computed with; another estimator file is only
+    warned about (it may be the same estimator, moved), and recorded from then on."""
+    if state.latency_mode != wanted.latency_mode:
+        flags = f"--latency_mode {state.latency_mode}"
+        if state.latency_estimator is not None:
+            flags += f" --latency_estimator {state.latency_estimator}"
+        raise ValueError(
+            f"--resume: {path} was trained with --latency_mode {state.latency_mode}, not {wanted.latency_mode}; "
+            f"resume with {flags}, or start a new run in another --output_dir"
+        )
+    if state.latency_estimator != wanted.latency_estimator:
+        log.warning("resuming with --latency_estimator %s; the run so far used %s",
+                    wanted.latency_estimator, state.latency_estimator)
+        state.latency_estimator = wanted.latency_estimator
 
 
 @contextmanager
@@ -349,4 +374,5 @@ def _summarize(
         "table": table, "rows": rows, "val_budgets_ms": list(budgets), "oracle_plans": oracle_plans,
         "budget_range": trainer.budget_range.to_dict(), "best_epoch": state.best_epoch,
         "steps": state.step, "policy_version": trainer.learner.version, "worker_restarts": backend.restarts,
+        "latency_mode": config.latency_mode,
     }  # fmt: skip

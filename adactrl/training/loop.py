@@ -29,6 +29,8 @@ from adactrl.metrics import (
     LOSS_TOTAL,
     REWARD_TOTAL,
     ROLLOUT_ACCURACY,
+    ROLLOUT_ESTIMATE_ABS_ERROR_MS,
+    ROLLOUT_ESTIMATE_ERROR_MS,
     ROLLOUT_LATENCY_MS,
     ROLLOUT_VIOLATION_RATE,
     VAL_REWARD,
@@ -37,7 +39,14 @@ from adactrl.metrics import (
 from adactrl.training.checkpoints import BEST_MODEL, TrainerState, epoch_checkpoint_name, save_training_checkpoint
 from adactrl.training.config import TrainConfig
 from adactrl.training.outputs import RunRecorder
-from adactrl.training.records import BudgetRange, EvalRequest, RolloutBatch, RolloutRequest, WeightsRef
+from adactrl.training.records import (
+    BudgetRange,
+    EvalRequest,
+    RolloutBatch,
+    RolloutRequest,
+    WeightsRef,
+    estimate_errors,
+)
 from adactrl.training.summary import eval_metrics
 
 log = logging.getLogger("adactrl.train")
@@ -161,14 +170,15 @@ class Trainer:
         self.recorder.log_params(recorded | {"budget/val_budgets_ms": self.val_budgets})
         return budget
 
-    def validate(self, epoch: int) -> dict[str, float]:
-        """The greedy policy on the validation split at the fixed validation budgets."""
+    def validate(self, epoch: int, epoch_metrics: dict[str, float] | None = None) -> dict[str, float]:
+        """The greedy policy on the validation split at the fixed validation budgets; `epoch_metrics`
+        (the epoch's training aggregates) are logged and returned with the validation metrics."""
         chunks = split_evenly(list(range(self.n_val)), self.backend.num_workers)
         requests = [(EvalRequest(c, self.val_budgets, self.weights.version),) if c else None for c in chunks]
         batches = self.backend.run_all("evaluate", requests, self.weights)
         records = [r for b in batches for r in b.records]
         skipped = sum(len(b.skipped) for b in batches)
-        metrics = eval_metrics(records)
+        metrics = eval_metrics(records) | (epoch_metrics or {})
         if not all(math.isfinite(v) for v in metrics.values()):
             raise ValueError(f"validation at epoch {epoch} gave non-finite metrics {metrics}; stopping")
         self.recorder.log_validation(epoch, self.state.step, metrics)
@@ -185,20 +195,23 @@ class Trainer:
         total = self.config.num_epochs * self.requests_per_epoch
         with tqdm(total=total, initial=self.state.step, desc="train", unit="batch", dynamic_ncols=True) as bar:
             for epoch in range(self.state.epoch + 1, self.config.num_epochs + 1):
-                self._train_epoch(epoch, bar)
-                metrics = self.validate(epoch)
+                epoch_metrics = self._train_epoch(epoch, bar)
+                metrics = self.validate(epoch, epoch_metrics)
                 self.learner.scheduler_step(metrics[VAL_REWARD])
                 self._end_epoch(epoch, metrics)
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(epoch, metrics)
         return self.state
 
-    def _train_epoch(self, epoch: int, bar: tqdm) -> None:
+    def _train_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
+        """One epoch of rollouts and updates -> the epoch's aggregates over its training rollouts
+        (the latency estimator's error with --latency_mode estimated; {} otherwise)."""
         order = np.random.default_rng([self.config.seed, epoch]).permutation(self.n_train)
         size = self.config.batch_size
         pending = deque(enumerate(tuple(int(i) for i in order[k : k + size]) for k in range(0, self.n_train, size)))
         idle = deque(range(self.backend.num_workers))
         in_flight = 0
+        latencies: list[dict[str, float]] = []
         while pending or in_flight:
             while idle and pending:
                 request_id, chunk = pending.popleft()
@@ -207,6 +220,7 @@ class Trainer:
             worker, batch = self.backend.wait()
             in_flight -= 1
             idle.append(worker)
+            latencies += (r.latency_ms for r in batch.records)
             step = self.learner.update(batch)
             if step.version != self.weights.version:
                 self.weights = self.backend.publish(self.learner.weights())
@@ -218,6 +232,7 @@ class Trainer:
             bar.update(1)
             if self.on_batch is not None:
                 self.on_batch(self.state.step)
+        return estimate_errors(latencies, (ROLLOUT_ESTIMATE_ERROR_MS, ROLLOUT_ESTIMATE_ABS_ERROR_MS))
 
     def _request(self, epoch: int, request_id: int, chunk: tuple[int, ...]) -> RolloutRequest:
         seed = request_seed(self.config.seed, epoch, request_id)

@@ -7,12 +7,20 @@ record carries the `policy_version` of the weights that produced it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from adactrl.baselines.estimator import estimate_error_metrics
+from adactrl.metrics import LATENCY_ESTIMATE_ABS_ERROR_MS, LATENCY_ESTIMATE_ERROR_MS
 from adactrl.reward import Reward
+
+ESTIMATED_TOTAL = "estimated_total"
+"""--latency_mode estimated: the estimated latency of a run (the estimator's stages plus the measured
+controller time), kept in a record's `latency_ms` beside MEASURED_TOTAL whichever one is 'total'."""
+MEASURED_TOTAL = "measured_total"
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class RolloutRecord:
     """[d_model] float32, the hidden state stage 2 read."""
     accuracy: float
     latency_ms: dict[str, float]
-    """Measured milliseconds per stage plus 'total' (the latency the reward used)."""
+    """Measured milliseconds per stage plus 'total' (the latency the reward used); with
+    --latency_mode estimated also ESTIMATED_TOTAL and MEASURED_TOTAL."""
     reward: Reward
     policy_version: int
     worker_index: int
@@ -66,6 +75,19 @@ class RolloutRecord:
     @property
     def violated(self) -> bool:
         return self.latency_ms["total"] > self.budget_ms
+
+
+def estimate_errors(
+    latencies: Iterable[dict[str, float]],
+    keys: tuple[str, str] = (LATENCY_ESTIMATE_ERROR_MS, LATENCY_ESTIMATE_ABS_ERROR_MS),
+) -> dict[str, float]:
+    """The latency estimator's error (estimated - measured: mean, mean absolute) over the records'
+    `latency_ms` that carry both latencies, under keys (signed, absolute); {} when none does."""
+    pairs = [(ms[ESTIMATED_TOTAL], ms[MEASURED_TOTAL]) for ms in latencies if ESTIMATED_TOTAL in ms]
+    if not pairs:
+        return {}
+    estimated, measured = zip(*pairs)
+    return estimate_error_metrics(estimated, measured, keys)
 
 
 @dataclass(frozen=True)

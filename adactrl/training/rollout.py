@@ -6,6 +6,7 @@ or a benchmark calls them directly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ import datasets
 import torch
 from PIL import Image
 
+from adactrl.baselines.estimator import EstimatedLatency
 from adactrl.controller import Controller
 from adactrl.controller.adaptive import adaptive_infer
 from adactrl.data import load_vqa_dataset
@@ -22,13 +24,39 @@ from adactrl.knobs import KnobSpace, Plan
 from adactrl.models.adapter import MoEVLM
 from adactrl.models.preprocessing import to_rgb
 from adactrl.reward import Reward, RewardConfig, compute_reward
+from adactrl.training.config import ESTIMATOR_HINT
+from adactrl.training.records import ESTIMATED_TOTAL, MEASURED_TOTAL
 
 LatencyFn = Callable[[InferenceResult], float]
-"""Which latency the reward sees for a run; the default is the measured end-to-end time."""
+"""The latency of a run: the measured end-to-end time by default (a test may put a deterministic
+cost model in its place), or the estimate of `EstimatedRunLatency`."""
 
 
 def measured_latency(result: InferenceResult) -> float:
     return result.total_ms
+
+
+class EstimatedRunLatency:
+    """`--latency_mode estimated`: a run's latency as the estimator's stage total (from the plan
+    and the run's token counts) plus the run's measured controller time."""
+
+    def __init__(self, estimated: EstimatedLatency) -> None:
+        self.estimated = estimated
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, knob_space: KnobSpace) -> EstimatedRunLatency:
+        """The estimator at `path`, checked against the model's KnobSpace; the errors say what to do."""
+        try:
+            return cls(EstimatedLatency.load(path, expected_knob_space=knob_space))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--latency_estimator: {err}; {ESTIMATOR_HINT}") from err
+        except ValueError as err:
+            raise ValueError(f"--latency_estimator: {err}; {ESTIMATOR_HINT}") from err
+
+    def __call__(self, result: InferenceResult) -> float:
+        est = self.estimated.latency_ms(result.plan, result.num_image_tokens, result.num_prompt_tokens,
+                                        len(result.token_ids))  # fmt: skip
+        return est["total"] + result.latency_ms["controller"]
 
 
 class SampleError(ValueError):
@@ -52,7 +80,8 @@ class PlanOutcome:
     result: InferenceResult
     accuracy: float
     latency_ms: dict[str, float]
-    """The run's stage times with 'total' as the latency the reward used."""
+    """The run's stage times with 'total' as the latency the reward used; with an estimate, also
+    ESTIMATED_TOTAL and MEASURED_TOTAL."""
     reward: Reward
 
 
@@ -98,15 +127,31 @@ def run_controller_plan(
     generator: torch.Generator | None,
     reward_config: RewardConfig,
     latency_fn: LatencyFn = measured_latency,
+    estimate_fn: LatencyFn | None = None,
+    reward_on_estimate: bool = False,
     max_new_tokens: int = 4,
     device: str = "cpu",
 ) -> PlanOutcome:
-    """One adaptive inference (sampled, or greedy for validation), scored with the shared reward."""
+    """One adaptive inference (sampled, or greedy for validation), scored with the shared reward.
+
+    latency_fn gives the run's measured latency. With an `estimate_fn` the outcome's latency_ms
+    keeps both (ESTIMATED_TOTAL, MEASURED_TOTAL), and the reward (and 'total') uses the estimate
+    when `reward_on_estimate`, the measurement otherwise.
+    """
     out = adaptive_infer(
         model, controller, sample.image, sample.question, budget_ms,
         greedy=greedy, generator=generator, max_new_tokens=max_new_tokens, device=device,
     )  # fmt: skip
-    return _score(out.result, out.actions, out.log_prob, sample, budget_ms, model.knob_space, reward_config, latency_fn)
+    measured = float(latency_fn(out.result))
+    latency = dict(out.result.latency_ms) | {"total": measured}
+    if estimate_fn is not None:
+        estimated = float(estimate_fn(out.result))
+        latency |= {ESTIMATED_TOTAL: estimated, MEASURED_TOTAL: measured}
+        latency["total"] = estimated if reward_on_estimate else measured
+    accuracy = vqa_score(out.result.answer, sample.answers)
+    complexity = plan_complexity(out.result.plan, model.knob_space)
+    reward = compute_reward(accuracy, latency["total"], budget_ms, complexity, reward_config)
+    return PlanOutcome(out.actions, out.log_prob, out.result, accuracy, latency, reward)
 
 
 def run_static_plan(
@@ -122,19 +167,3 @@ def run_static_plan(
     result = execute(model, sample.image, sample.question, StaticPolicy(plan), max_new_tokens=max_new_tokens, device=device)
     return float(latency_fn(result))
 
-
-def _score(
-    result: InferenceResult,
-    actions: tuple[int, int, int, int],
-    log_prob: float,
-    sample: PreparedSample,
-    budget_ms: float,
-    space: KnobSpace,
-    reward_config: RewardConfig,
-    latency_fn: LatencyFn,
-) -> PlanOutcome:
-    accuracy = vqa_score(result.answer, sample.answers)
-    total = float(latency_fn(result))
-    latency = dict(result.latency_ms) | {"total": total}
-    reward = compute_reward(accuracy, total, budget_ms, plan_complexity(result.plan, space), reward_config)
-    return PlanOutcome(actions, log_prob, result, accuracy, latency, reward)

@@ -7,17 +7,26 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from adactrl.knobs import KnobSpace
-from adactrl.metrics import VAL_ACCURACY, VAL_CONTROLLER_OVERHEAD, VAL_LATENCY_MS, VAL_REWARD, VAL_VIOLATION_RATE
+from adactrl.metrics import (
+    VAL_ACCURACY,
+    VAL_CONTROLLER_OVERHEAD,
+    VAL_ESTIMATE_ABS_ERROR_MS,
+    VAL_ESTIMATE_ERROR_MS,
+    VAL_LATENCY_MS,
+    VAL_REWARD,
+    VAL_VIOLATION_RATE,
+)
 from adactrl.profiling import SweepRecord, summarize
 from adactrl.reward import RewardConfig, compute_reward
-from adactrl.training.records import EvalRecord
+from adactrl.training.records import EvalRecord, estimate_errors
 from adactrl.training.rollout import plan_complexity
 
 SUMMARY_COLUMNS = (VAL_REWARD, VAL_ACCURACY, VAL_LATENCY_MS, VAL_VIOLATION_RATE)
 
 
 def eval_metrics(records: Sequence[EvalRecord]) -> dict[str, float]:
-    """Means over every (sample, budget) inference of a validation pass."""
+    """Means over every (sample, budget) inference of a validation pass (with the latency
+    estimator's error when the records carry an estimate: --latency_mode estimated)."""
     if not records:
         raise ValueError("validation produced no records: every validation sample was skipped")
     total = [r.latency_ms["total"] for r in records]
@@ -27,7 +36,7 @@ def eval_metrics(records: Sequence[EvalRecord]) -> dict[str, float]:
         VAL_LATENCY_MS: statistics.fmean(total),
         VAL_VIOLATION_RATE: statistics.fmean(float(r.violated) for r in records),
         VAL_CONTROLLER_OVERHEAD: statistics.fmean(r.latency_ms["controller"] / t for r, t in zip(records, total) if t > 0),
-    }
+    } | estimate_errors((r.latency_ms for r in records), (VAL_ESTIMATE_ERROR_MS, VAL_ESTIMATE_ABS_ERROR_MS))
 
 
 def static_oracle(
@@ -70,12 +79,22 @@ def static_oracle(
 
 
 def format_summary(rows: dict[str, dict[str, float]], budgets_ms: Sequence[float]) -> str:
-    """A plain-text table: one row per policy, the validation metrics as columns."""
+    """A plain-text table: one row per policy, the validation metrics as columns; where a row has
+    the latency estimator's error (--latency_mode estimated), its signed and absolute means too."""
+    estimated = any(VAL_ESTIMATE_ERROR_MS in m for m in rows.values())
     header = f"{'policy':<34}{'reward':>9}{'accuracy':>10}{'latency ms':>12}{'violations':>12}"
+    header += f"{'est. error ms':>15}{'est. |error| ms':>17}" if estimated else ""
     lines = [f"validation at budgets {', '.join(f'{b:.1f}' for b in budgets_ms)} ms", header, "-" * len(header)]
     for name, m in rows.items():
-        lines.append(
+        line = (
             f"{name:<34}{m[VAL_REWARD]:>9.3f}{m[VAL_ACCURACY]:>10.3f}{m[VAL_LATENCY_MS]:>12.2f}"
             f"{m[VAL_VIOLATION_RATE]:>11.1%} "
         )
+        if estimated and VAL_ESTIMATE_ERROR_MS in m:
+            line += f"{m[VAL_ESTIMATE_ERROR_MS]:>+15.2f}{m[VAL_ESTIMATE_ABS_ERROR_MS]:>17.2f}"
+        elif estimated:
+            line += f"{'-':>15}{'-':>17}"
+        lines.append(line)
+    if estimated:
+        lines.append("est. error: the latency estimator's estimated - measured latency on these runs")
     return "\n".join(lines)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from adactrl.baselines.estimator import EstimatorConfig, save_estimator, train_estimator
 from adactrl.executor import InferenceResult
+from adactrl.knobs import KnobSpace
 from adactrl.training.config import DataConfig, LearnerConfig, TrainConfig
+from tests.baselines.helpers import record
 
 
 def cost_latency(result: InferenceResult) -> float:
@@ -53,3 +56,23 @@ def small_config(output_dir: Path, model_dir: str, **overrides) -> TrainConfig:
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def train_tiny_estimator(path: Path, knob_space: KnobSpace) -> Path:
+    """A latency estimator for `knob_space`, fitted in well under a second to a hand-made profile
+    table of the tiny model's plans (its token counts, a known cost model), saved at `path`."""
+    rows = []
+    for qid, prompt in enumerate((6, 8)):
+        for tier, image in zip(knob_space.tiers, (9, 45, 90)):
+            for k in knob_space.top_k_values:
+                for n in knob_space.num_blocks_values:
+                    vision, projector = 0.5 + 0.01 * image, 0.1
+                    prefill, decode = 0.001 * n * k * (image + prompt), 0.15 * n * k
+                    rows.append(record(
+                        (tier, k, n), qid, 1.0, vision + projector + prefill + decode, num_image_tokens=image,
+                        num_prompt_tokens=prompt, num_output_tokens=4, vision_ms=vision, projector_ms=projector,
+                        prefill_ms=prefill, decode_ms=decode,
+                    ))  # fmt: skip
+    estimator, metrics = train_estimator(rows, knob_space, EstimatorConfig(hidden=16, steps=200, lr=1e-2))
+    save_estimator(path, estimator, metrics)
+    return path

@@ -31,6 +31,11 @@ def no_training(monkeypatch):
         (["--max_policy_lag", "-1"], "max_policy_lag must be >= 0"),
         (["--num_workers", "0"], "num_workers must be >= 1"),
         (["--resume", "--load_checkpoint", __file__], "drop --load_checkpoint"),
+        (["--latency_mode", "estimated"],
+         "--latency_mode estimated needs --latency_estimator PATH: run `adactrl baselines"),
+        (["--latency_mode", "estimated", "--latency_estimator", "/no/such.pt"],
+         "--latency_estimator /no/such.pt is not a file: run `adactrl baselines"),
+        (["--latency_estimator", __file__], "used only with --latency_mode estimated"),
     ],
 )
 def test_bad_flags_fail_before_ray(flags, message, no_training, capsys):
@@ -53,6 +58,7 @@ def test_config_defaults_are_valid_and_flatten_for_mlflow():
     params = TrainConfig().to_params()
     assert params["group_size"] == 4 and params["learner.loss.loss"] == "grpo"
     assert params["data.dataset_names"] == "synthetic" and params["reward.gamma"] == 2.0
+    assert params["latency_mode"] == "measured" and params["latency_estimator"] is None
 
 
 @pytest.mark.parametrize(
@@ -64,6 +70,7 @@ def test_config_defaults_are_valid_and_flatten_for_mlflow():
         (lambda: DataConfig(dataset_names="synthetic"), "non-empty list"),
         (lambda: DataConfig(num_train_samples=0), "num_train_samples"),
         (lambda: TrainConfig(oracle_samples=-1), "oracle_samples"),
+        (lambda: TrainConfig(latency_mode="guessed"), "latency_mode must be one of"),
     ],
 )
 def test_config_validation(build, message):

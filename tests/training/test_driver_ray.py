@@ -1,18 +1,27 @@
 """`adactrl train` on the shared local Ray instance with 2 CPU rollout workers."""
 
+import csv
 import functools
+import math
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from adactrl.controller import Controller, ControllerConfig
-from adactrl.metrics import LOSS_TOTAL, POLICY_VERSION, VAL_REWARD, WORKER_RESTARTS
+from adactrl.metrics import (
+    LATENCY_ESTIMATE_ERROR_MS,
+    LOSS_TOTAL,
+    POLICY_VERSION,
+    VAL_ESTIMATE_ABS_ERROR_MS,
+    VAL_REWARD,
+    WORKER_RESTARTS,
+)
 from adactrl.training.checkpoints import load_training_checkpoint
 from adactrl.training.config import DataConfig
 from adactrl.training.driver import run_training
 from rollout_workers import load_model
-from tests.training.helpers import cost_latency, crash_once_when_armed, small_config
+from tests.training.helpers import cost_latency, crash_once_when_armed, small_config, train_tiny_estimator
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -88,3 +97,16 @@ def test_a_worker_killed_mid_run_is_restarted_and_training_completes(tmp_path, t
     assert "rollout worker" in log and "Ray restarted it (restart 1 in this run)" in log
     history = MlflowClient(outcome.tracking_uri).get_metric_history(outcome.run_id, WORKER_RESTARTS)
     assert history[-1].value == 1
+
+
+def test_ray_workers_load_the_estimator_and_log_its_error(tmp_path, tiny_model_dir, tiny_model, monkeypatch):
+    train_tiny_estimator(tmp_path / "latency_estimator.pt", tiny_model.knob_space)
+    monkeypatch.chdir(tmp_path)  # a relative path, as typed: the actors find it all the same
+    config = small_config(tmp_path / "run", tiny_model_dir, num_epochs=1, latency_mode="estimated",
+                          latency_estimator="latency_estimator.pt")  # fmt: skip
+    outcome = run_training(config)
+    with open(tmp_path / "run" / "training_history.csv", newline="") as f:
+        errors = [float(row[LATENCY_ESTIMATE_ERROR_MS]) for row in csv.DictReader(f)]
+    assert len(errors) == 2 and all(math.isfinite(e) for e in errors)
+    assert outcome.summary["latency_mode"] == "estimated"
+    assert math.isfinite(outcome.summary["rows"]["trained controller (epoch 1)"][VAL_ESTIMATE_ABS_ERROR_MS])
