@@ -9,9 +9,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain-embedded", help="train the embedded MoE VLM on the synthetic VQA set")
     p.add_argument("--output_dir", required=True, help="where the weights, tokenizer and importance go")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=3600)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--vision_steps", type=int, default=2000, help="steps of the vision-only phase (dense targets)")
+    p.add_argument("--dense_weight", type=float, default=0.5, help="dense-target loss weight in the main phase")
     p.add_argument("--max_minutes", type=float, default=None, help="stop early after this wall time")
     p.add_argument("--importance_samples", type=int, default=200)
     p.set_defaults(run=run)
@@ -27,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        vision_steps=args.vision_steps,
+        dense_weight=args.dense_weight,
         max_minutes=args.max_minutes,
     )
     pretrain(config, log=lambda line: print(line, flush=True))

@@ -55,6 +55,12 @@ GLYPHS: dict[str, tuple[str, ...]] = {
 # The box is a 1 px ink border, 1 px of paper, then the glyph: 7 px wide, 9 px high. Anywhere in
 # the image it lies wholly inside one 24 px crop of the 3x3 grid (offsets 0, 12, 24), never cut.
 DIGIT_BOX_WIDTH, DIGIT_BOX_HEIGHT = 3 + 4, 5 + 4
+_GLYPH_OFFSET = 2  # border + paper: the glyph starts 2 px inside its box
+DIGIT_GRID, _GLYPH_PHASE = 4, 1
+"""Glyphs start one pixel past a 4 px grid line, like text on the lines of a page. The
+full-resolution crops start on that grid (offsets 0, 12, 24) and the vision patches are 4 px,
+so there a glyph always sits inside one patch column, cut the same way; the global view's 2x
+downsampling splits its columns across pixels, and the medium crops' 0.8x resampling blurs it."""
 
 _QUESTIONS: dict[str, str] = {
     "color": "what color is the big {shape} ?",
@@ -103,6 +109,8 @@ _CONFUSABLE_DIGITS = {
 
 Box = tuple[int, int, int, int]
 """Pixel box (left, top, right, bottom), right and bottom exclusive."""
+_BoxRequest = tuple[int, int, tuple[int, int], int]
+"""(width, height, allowed left edges, grid): the box's inside starts on multiples of grid."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,25 @@ class SyntheticSample:
     answers: tuple[str, ...]
     """NUM_ANSWERS simulated annotator answers, VQA style."""
     family: str
+    objects: tuple[SceneObject, ...] = ()
+    """Where every drawn shape lies, for dense auxiliary supervision (not a dataset column)."""
+    digit_box: Box | None = None
+    """The digit box with its border, when the image has one."""
+    digit: str | None = None
+    """The digit drawn in `digit_box`."""
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One drawn shape: what it is and the pixel box it was drawn in."""
+
+    shape: str
+    color: str
+    box: Box
+
+    @property
+    def big(self) -> bool:
+        return self.box[2] - self.box[0] >= _BIG[0]
 
 
 @dataclass(frozen=True)
@@ -305,28 +332,30 @@ def _too_close(a: Box, b: Box) -> bool:
 
 
 def _free_box(
-    rng: np.random.Generator, width: int, height: int, x_range: tuple[int, int], taken: Sequence[Box]
+    rng: np.random.Generator, request: _BoxRequest, taken: Sequence[Box]
 ) -> Box | None:
     """A random box clear of every taken box, or None when _BOX_TRIES positions all collide."""
+    width, height, x_range, grid = request
+    xs = np.arange(x_range[0], x_range[1] + 1)
+    ys = np.arange(_MARGIN, IMAGE_SIZE - _MARGIN - height + 1)
+    if grid > 1:  # the glyph starts _GLYPH_PHASE px past a grid line
+        xs, ys = xs[(xs + _GLYPH_OFFSET) % grid == _GLYPH_PHASE], ys[(ys + _GLYPH_OFFSET) % grid == _GLYPH_PHASE]
     for _ in range(_BOX_TRIES):
-        x = int(rng.integers(x_range[0], x_range[1] + 1))
-        y = int(rng.integers(_MARGIN, IMAGE_SIZE - _MARGIN - height + 1))
+        x, y = int(xs[rng.integers(len(xs))]), int(ys[rng.integers(len(ys))])
         box = (x, y, x + width, y + height)
         if not any(_too_close(box, other) for other in taken):
             return box
     return None
 
 
-def _place_boxes(
-    rng: np.random.Generator, requests: Sequence[tuple[int, int, tuple[int, int]]]
-) -> list[Box]:
-    """Non-overlapping boxes, one per (width, height, x_range) request, in request order.
+def _place_boxes(rng: np.random.Generator, requests: Sequence[_BoxRequest]) -> list[Box]:
+    """Non-overlapping boxes, one per (width, height, x_range, grid) request, in request order.
 
     Rejection sampling: when a box finds no room, the whole layout starts again."""
     for _ in range(_LAYOUT_TRIES):
         boxes: list[Box] = []
-        for width, height, x_range in requests:
-            box = _free_box(rng, width, height, x_range, boxes)
+        for request in requests:
+            box = _free_box(rng, request, boxes)
             if box is None:
                 break
             boxes.append(box)
@@ -349,19 +378,23 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill: tuple[int
         draw.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
 
 
-def _render(rng: np.random.Generator, scene: _Scene) -> Image.Image:
+def _render(
+    rng: np.random.Generator, scene: _Scene
+) -> tuple[Image.Image, tuple[SceneObject, ...], Box | None]:
     # Side-constrained and big objects first: they are the hardest to fit.
     things = sorted(scene.things, key=lambda t: (t.side is None, -t.size))
-    requests = [(t.size, t.size, _x_range(t.size, t.side)) for t in things]
+    requests = [(t.size, t.size, _x_range(t.size, t.side), 1) for t in things]
     if scene.digit is not None:
-        requests.insert(0, (DIGIT_BOX_WIDTH, DIGIT_BOX_HEIGHT, _x_range(DIGIT_BOX_WIDTH, None)))
+        requests.insert(0, (DIGIT_BOX_WIDTH, DIGIT_BOX_HEIGHT, _x_range(DIGIT_BOX_WIDTH, None), DIGIT_GRID))
     boxes = _place_boxes(rng, requests)
 
     tint = rng.integers(210, 246, size=3)  # a light background with a mild random tint
     noise = rng.integers(-_NOISE, _NOISE + 1, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
     pixels = np.clip(tint + noise, 0, 255).astype(np.uint8)  # [H, W, 3]
+    digit_box = None
     if scene.digit is not None:
-        left, top, right, bottom = boxes.pop(0)
+        digit_box = boxes.pop(0)
+        left, top, right, bottom = digit_box
         ink = digit_box_pattern(scene.digit)[..., None]  # [h, w, 1]
         pixels[top:bottom, left:right] = np.where(ink, _INK, _PAPER)
 
@@ -371,7 +404,8 @@ def _render(rng: np.random.Generator, scene: _Scene) -> Image.Image:
         jitter = rng.integers(-_JITTER, _JITTER + 1, size=3)
         r, g, b = np.clip(np.array(COLORS[thing.color]) + jitter, 0, 255).tolist()
         _draw_shape(draw, thing.shape, box, (r, g, b))
-    return image
+    objects = tuple(SceneObject(t.shape, t.color, box) for t, box in zip(things, boxes))
+    return image, objects, digit_box
 
 
 def _alternatives(family: str, answer: str) -> tuple[str, ...]:
@@ -409,9 +443,9 @@ def generate_sample(rng: np.random.Generator, family: str) -> SyntheticSample:
     if family not in _SCENES:
         raise ValueError(f"unknown family {family!r}; choose from {list(FAMILIES)}")
     scene = _SCENES[family](rng)
-    image = _render(rng, scene)
+    image, objects, digit_box = _render(rng, scene)
     answers = _annotate(rng, scene.answer, _alternatives(family, scene.answer))
-    return SyntheticSample(image, scene.question, scene.answer, answers, family)
+    return SyntheticSample(image, scene.question, scene.answer, answers, family, objects, digit_box, scene.digit)
 
 
 def _png(image: Image.Image) -> dict[str, bytes | None]:

@@ -20,10 +20,16 @@ class CropConfig:
     """Images are resized to this square size first."""
     crop_size: int = 24
     """Pixel size of every crop fed to the vision tower."""
+    global_size: int = 12
+    """The global crop is the whole image shrunk to this size, then resized up to `crop_size`:
+    a quarter of the image's resolution, as MolmoE's 336 px global crop is of a 1344 px image.
+    Colours and big shapes survive it; small shapes and 1 px glyph strokes do not."""
     tier_grids: tuple[tuple[str, int], ...] = (("low", 0), ("medium", 2), ("high", 3))
     """Per tier, the side of the grid of high-resolution crops added to the global crop."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.global_size <= self.crop_size:
+            raise ValueError(f"global_size {self.global_size} must lie between 1 and crop_size {self.crop_size}")
         if self.crop_size > self.image_size:
             raise ValueError(f"crop_size {self.crop_size} must not exceed image_size {self.image_size}")
         for tier, grid in self.tier_grids:
@@ -102,7 +108,8 @@ def make_crops(image: Image.Image, tier: str, config: CropConfig) -> torch.Tenso
     if image.size != (config.image_size, config.image_size):
         image = image.resize((config.image_size, config.image_size), Image.Resampling.BILINEAR)
     size = (config.crop_size, config.crop_size)
-    crops = [image.resize(size, Image.Resampling.BOX)]
+    shrunk = image.resize((config.global_size, config.global_size), Image.Resampling.BOX)
+    crops = [shrunk.resize(size, Image.Resampling.BILINEAR)]
     for box in crop_boxes(config, tier):
         crop = image.crop(box)
         crops.append(crop if crop.size == size else crop.resize(size, Image.Resampling.BOX))

@@ -1,8 +1,11 @@
 """Pretraining of the embedded model on the synthetic VQA set, with knobs drawn at random
 (tier, MoE top-k, which blocks run) so that accuracy degrades gradually as knobs go down.
 
-Fresh questions are drawn from the generator at every step (no epochs, no overfitting); a
-fixed validation split measures first-answer-token accuracy at the full plan.
+Two phases. The vision phase trains the vision tower and projector alone on dense per-token
+targets from the generator's scene layout (`adactrl.models.dense`): which objects and digits lie
+under each image token. The main phase trains everything on the answers, with the dense loss
+kept on at a lower weight. Fresh questions are drawn from the generator at every step (no epochs,
+no overfitting); a fixed validation split measures first-answer-token accuracy at the full plan.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adactrl.data.synthetic import FAMILIES, SyntheticVQAConfig, generate_sample, make_synthetic_vqa
+from adactrl.models.dense import DenseHeads, token_targets
 from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
 from adactrl.models.tokenizer import WordTokenizer, build_tokenizer
 
@@ -31,7 +35,7 @@ class PretrainConfig:
 
     output_dir: str
     seed: int = 0
-    steps: int = 3000
+    steps: int = 3600
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -39,13 +43,22 @@ class PretrainConfig:
     full_plan_fraction: float = 0.35
     """Share of steps run with every block at the default top-k (at a random tier) once the
     warm phase is over; the rest draw top-k, insertion and blocks at random."""
-    warm_fraction: float = 0.35
+    warm_fraction: float = 0.25
     """Leading share of steps that run every block at the default top-k, mostly at cheap
     tiers and with no budget slot, so the deep stack learns the task before it learns to
     survive high-resolution sequences, dropped blocks and fewer experts."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
+    vision_steps: int = 2000
+    """Steps of the vision phase that comes first: the vision side learns the dense per-token
+    targets of `adactrl.models.dense` on its own, about a seventh of the cost of a full step."""
+    vision_lr: float = 2e-3
+    vision_digit_share: float = 0.5
+    """Share of vision-phase images drawn from the digit family: a glyph is one token in a
+    hundred, the rarest target, and the hardest to learn."""
+    dense_weight: float = 0.5
+    """Weight of the dense per-token loss beside the answer loss in the main phase (0 = off)."""
     eval_every: int = 250
     eval_questions: int = 384
     max_minutes: float | None = None
@@ -56,8 +69,12 @@ class PretrainConfig:
             raise ValueError("steps and batch_size must be at least 1")
         if not 0.0 <= self.full_plan_fraction <= 1.0 or not 0.0 <= self.budget_slot_prob <= 1.0:
             raise ValueError("full_plan_fraction and budget_slot_prob are probabilities in [0, 1]")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.lr <= 0 or self.vision_lr <= 0:
+            raise ValueError(f"lr and vision_lr must be positive, got {self.lr} and {self.vision_lr}")
+        if self.vision_steps < 0 or self.dense_weight < 0:
+            raise ValueError("vision_steps and dense_weight must not be negative")
+        if not 0.0 <= self.vision_digit_share <= 1.0:
+            raise ValueError("vision_digit_share is a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -98,24 +115,29 @@ def _warm_tier_probs(num_tiers: int) -> np.ndarray:
     return weights / weights.sum()
 
 
+def image_tokens(model: EmbeddedVLM, images: list, tier: str) -> torch.Tensor:
+    """A batch of images at one tier -> projected image tokens [B, N, d]."""
+    crops = torch.stack([model.preprocess(im, tier) for im in images])  # [B, C, 3, H, W]
+    batch, num_crops = crops.shape[:2]
+    features = model.encode_vision(crops.flatten(0, 1))  # [B*C, P, d_v]
+    return model.project_batch(features.reshape(batch, num_crops, *features.shape[1:]))
+
+
 def answer_logits(
     model: EmbeddedVLM,
-    images: list,
+    tokens: torch.Tensor,
     questions: list[str],
     answers: list[str],
     knobs: KnobDraw,
     budget_slots: list[torch.Tensor | None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced batch: returns logits [B, L, V] and labels [B, L] (IGNORE off-answer)."""
-    crops = torch.stack([model.preprocess(im, knobs.tier) for im in images])  # [B, C, 3, H, W]
-    batch, num_crops = crops.shape[:2]
-    features = model.encode_vision(crops.flatten(0, 1))  # [B*C, P, d_v]
-    image_tokens = model.project_batch(features.reshape(batch, num_crops, *features.shape[1:]))  # [B, N, d]
+    """Teacher-forced batch from image tokens [B, N, d]: returns logits [B, L, V] and labels
+    [B, L] (IGNORE off-answer)."""
     rows, label_rows = [], []
-    for b in range(batch):
+    for b in range(tokens.shape[0]):
         prompt = model.embed_tokens(torch.tensor(model.tokenizer.encode(questions[b])))
         target = torch.tensor(model.tokenizer.encode(answers[b]) + [model.eos_token_id])
-        parts = [image_tokens[b], prompt]
+        parts = [tokens[b], prompt]
         if budget_slots[b] is not None:
             parts.append(budget_slots[b].unsqueeze(0))
         parts.append(model.embed_tokens(target[:-1]))
@@ -157,14 +179,18 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
 
     model = build_model(config.seed, VOCABULARY)
     model.train()
+    heads = DenseHeads(model.hidden_size)
     rng = np.random.default_rng([config.seed, 17])
     val = make_synthetic_vqa(SyntheticVQAConfig(config.eval_questions, seed=config.seed, split="validation"))
     val_rows = [val[i] for i in range(len(val))]
-    params = [p for p in model.parameters() if p.requires_grad]
+    started = time.monotonic()
+    if config.vision_steps:
+        pretrain_vision(model, heads, config, rng, log)
+    params = [p for p in (*model.parameters(), *heads.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
-    started = time.monotonic()
     norm = model.embedding_norm()
+    side = model.config.crop.crop_size // model.config.patch_size // 2
     for step in range(config.steps):
         warm = step < config.warm_fraction * config.steps
         knobs = draw_warm_knobs(model, rng) if warm else draw_knobs(model, rng, config.full_plan_fraction)
@@ -176,10 +202,14 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
             norm = model.embedding_norm()
         slot_prob = 0.0 if warm else config.budget_slot_prob
         slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < slot_prob else None for _ in samples]
+        tokens = image_tokens(model, [s.image for s in samples], knobs.tier)
         logits, labels = answer_logits(
-            model, [s.image for s in samples], [s.question for s in samples], [s.answer for s in samples], knobs, slots
+            model, tokens, [s.question for s in samples], [s.answer for s in samples], knobs, slots
         )
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if config.dense_weight:
+            dense, _ = heads.loss(tokens, token_targets(samples, model.config.crop, knobs.tier, side))
+            loss = loss + config.dense_weight * dense
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -197,6 +227,39 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
     return model
 
 
+def pretrain_vision(
+    model: EmbeddedVLM, heads: DenseHeads, config: PretrainConfig, rng: np.random.Generator, log: Callable[[str], None]
+) -> None:
+    """The vision phase: the vision tower, projector and crop embeddings learn the dense targets
+    alone (no language model, so a step costs a fraction of a full one), tiers in turn."""
+    params = [*model.vision.parameters(), *model.projector.parameters(), *model.crop_embedding.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=config.weight_decay)
+    tiers = model.knob_space.tiers
+    side = model.config.crop.crop_size // model.config.patch_size // 2
+    started = time.monotonic()
+    window: dict[str, list[float]] = {}
+    for step in range(config.vision_steps):
+        tier = tiers[step % len(tiers)]
+        families = [
+            "digit" if rng.random() < config.vision_digit_share else FAMILIES[int(rng.integers(len(FAMILIES)))]
+            for _ in range(config.batch_size)
+        ]
+        samples = [generate_sample(np.random.default_rng([config.seed, 98, step, b]), f) for b, f in enumerate(families)]
+        tokens = image_tokens(model, [s.image for s in samples], tier)
+        loss, stats = heads.loss(tokens, token_targets(samples, model.config.crop, tier, side))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        for name, value in stats.items():
+            window.setdefault(f"{tier}/{name}", []).append(value)
+        if (step + 1) % config.eval_every == 0 or step == config.vision_steps - 1:
+            means = " ".join(f"{name} {np.mean(values):.2f}" for name, values in sorted(window.items()))
+            minutes = (time.monotonic() - started) / 60
+            log(f"vision step {step:5d}  loss {loss.item():.3f}  {means}  {minutes:.1f} min")
+            window.clear()
+
+
 @torch.no_grad()
 def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 64) -> float:
     was_training = model.training
@@ -206,9 +269,9 @@ def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 6
     correct = 0.0
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
+        tokens = image_tokens(model, [r["image"] for r in chunk], knobs.tier)
         logits, labels = answer_logits(
-            model, [r["image"] for r in chunk], [r["question"] for r in chunk], [r["answer"] for r in chunk],
-            knobs, [None] * len(chunk),
+            model, tokens, [r["question"] for r in chunk], [r["answer"] for r in chunk], knobs, [None] * len(chunk)
         )
         correct += first_token_accuracy(logits, labels) * len(chunk)
     model.train(was_training)

@@ -17,7 +17,7 @@ from adactrl.data import (
     load_vqa_dataset,
     make_synthetic_vqa,
 )
-from adactrl.data.synthetic import DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH, DIGITS, digit_box_pattern
+from adactrl.data.synthetic import COLORS, DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH, DIGIT_GRID, DIGITS, digit_box_pattern
 from adactrl.models.preprocessing import CropConfig, crop_boxes
 
 
@@ -85,6 +85,26 @@ def test_digit_glyph_is_drawn_at_native_resolution():
         box = (left, top, left + DIGIT_BOX_WIDTH, top + DIGIT_BOX_HEIGHT)
         # Legible at the high tier only if one native-resolution crop holds the whole box.
         assert any(c[0] <= box[0] and c[1] <= box[1] and box[2] <= c[2] and box[3] <= c[3] for c in high_crops)
+        # The sample reports where it drew the box; the glyph starts 1 px past a 4 px grid line.
+        assert sample.digit_box == tuple(int(v) for v in box) and sample.digit == sample.answer
+        assert (box[0] + 2) % DIGIT_GRID == 1 and (box[1] + 2) % DIGIT_GRID == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_samples_report_the_objects_they_drew(family):
+    for sample in _samples(family, 10):
+        pixels = np.asarray(sample.image, dtype=np.int32)  # [H, W, 3]
+        assert sample.objects, "every scene draws at least one object"
+        assert (sample.digit_box is not None) == (family == "digit")
+        boxes = [o.box for o in sample.objects] + ([sample.digit_box] if sample.digit_box else [])
+        for i, a in enumerate(boxes):
+            assert 0 <= a[0] < a[2] <= IMAGE_SIZE and 0 <= a[1] < a[3] <= IMAGE_SIZE
+            assert all(a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1] for b in boxes[i + 1 :])
+        for obj in sample.objects:
+            # The centre pixel of every shape wears the shape's colour (within the jitter).
+            y, x = (obj.box[1] + obj.box[3]) // 2, (obj.box[0] + obj.box[2]) // 2
+            assert np.abs(pixels[y, x] - np.array(COLORS[obj.color])).max() <= 12
+            assert obj.big == (obj.box[2] - obj.box[0] >= 13)
 
 
 def test_answer_distributions():

@@ -150,9 +150,8 @@ def test_embedding_norm_is_the_mean_word_embedding_norm(tiny_model):
 
 
 def test_shipped_model_accuracy_at_the_full_plan(shipped_model):
-    """A regression guard on the shipped weights, set at what they measure today (0.52 overall,
-    0.94 on colour). The embedded-model issue's target (0.6 here, 0.75 in the knob sweep) is not
-    met yet: the 3000-step CPU pretraining has not learned the count and digit families."""
+    """The shipped weights answer at least 0.6 of 100 seeded test questions at the full plan
+    (the embedded-model issue's bar; they measure 0.78: colour, shape and digit 1.0)."""
     model = shipped_model
     plan = model.knob_space.full_plan(model.importance)
     rows = load_vqa_dataset("synthetic", "test", 100, seed=0)
@@ -162,6 +161,6 @@ def test_shipped_model_accuracy_at_the_full_plan(shipped_model):
         by_family.setdefault(row["family"], []).append(vqa_score(answer, row["answers"]))
     accuracy = statistics.fmean(s for scores in by_family.values() for s in scores)
     families = {f: round(statistics.fmean(s), 2) for f, s in by_family.items()}
-    # Answering from family priors alone scores about 0.30; colour by chance 1/6.
-    assert accuracy >= 0.48, f"VQA accuracy {accuracy:.3f} over 100 questions; per family {families}"
-    assert families["color"] >= 0.85, f"colour questions regressed: {families}"
+    # Answering from family priors alone scores about 0.30; colour by chance 1/6, digits 1/10.
+    assert accuracy >= 0.6, f"VQA accuracy {accuracy:.3f} over 100 questions; per family {families}"
+    assert families["color"] >= 0.9 and families["digit"] >= 0.9, f"a learned family regressed: {families}"

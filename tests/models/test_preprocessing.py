@@ -48,6 +48,24 @@ def test_high_crops_are_native_resolution_windows():
     assert not torch.equal(crops[0], crops[1])
 
 
+def test_global_crop_is_the_image_at_a_quarter_of_its_resolution():
+    image = gradient_image()
+    crops = make_crops(image, "low", CONFIG)
+    assert crops.shape == (1, 3, 24, 24)
+    # Shrunk to 12 px and back up: each 4x4 block of the image is one pixel of the shrunk view.
+    quarter = np.asarray(image, dtype=np.float32).reshape(12, 4, 12, 4, 3).mean(axis=(1, 3))
+    shrunk = torch.nn.functional.avg_pool2d(crops[:1], 2)[0]  # [3, 12, 12], undoing the 2x upsampling roughly
+    assert torch.allclose(shrunk, torch.from_numpy(quarter).permute(2, 0, 1) / 127.5 - 1.0, atol=0.08)
+    # A one-pixel checkerboard, like a glyph's strokes, averages to flat grey.
+    checker = Image.fromarray(((np.indices((48, 48)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")
+    assert float(make_crops(checker, "low", CONFIG)[0].std()) < 0.02
+
+
+def test_global_size_is_validated():
+    with pytest.raises(ValueError, match="global_size 30 must lie between 1 and crop_size 24"):
+        CropConfig(global_size=30)
+
+
 @pytest.mark.parametrize("tier", ["medium", "high"])
 def test_crop_boxes_cover_the_image(tier):
     boxes = crop_boxes(CONFIG, tier)
