@@ -2,7 +2,7 @@
 
 Six question families, each testing a different ability:
 
-- `color`, `shape`: about one big object, visible even in the 2x-downsampled global view (easy).
+- `color`, `shape`: about one big object, visible even in the quarter-resolution global view (easy).
 - `count`, `exists`: composition over several objects (counting, colour-and-shape conjunction).
 - `position`: whether one object lies in the left or the right third of the image.
 - `digit`: a 3x5-pixel glyph drawn at native scale, legible only in the full-resolution crops.
@@ -40,7 +40,7 @@ DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
 NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 
 # A 3x5 bitmap font, digits 0-9 left to right ("#" = ink). One-pixel strokes average away in
-# the global view's 2x downsampling: that is what makes the digit family need native resolution.
+# the global view's 4x downsampling: that is what makes the digit family need native resolution.
 _FONT = """
 ### .#. ### ### #.# ### ### ### ### ###
 #.# ##. ..# ..# #.# #.. #.. ..# #.# #.#
@@ -59,8 +59,10 @@ _GLYPH_OFFSET = 2  # border + paper: the glyph starts 2 px inside its box
 DIGIT_GRID, _GLYPH_PHASE = 4, 1
 """Glyphs start one pixel past a 4 px grid line, like text on the lines of a page. The
 full-resolution crops start on that grid (offsets 0, 12, 24) and the vision patches are 4 px,
-so there a glyph always sits inside one patch column, cut the same way; the global view's 2x
-downsampling splits its columns across pixels, and the medium crops' 0.8x resampling blurs it."""
+so there a glyph always sits inside one patch column, cut the same way. The global view's 4x
+downsampling averages its three columns into one pixel and the medium crops' 0.8x resampling
+blurs it; what survives is how much ink each averaged pixel holds, which still tells some digits
+apart (the shipped model reads 0.64 of digits at the low tier, 1.0 at the high tier)."""
 
 _QUESTIONS: dict[str, str] = {
     "color": "what color is the big {shape} ?",
