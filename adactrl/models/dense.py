@@ -95,7 +95,8 @@ def token_targets(samples: Sequence[SyntheticSample], config: CropConfig, tier: 
             for t, (region, _) in enumerate(regions):
                 if _contains(region, cx, cy):
                     pairs[b, t, pair] = 1.0
-                    big[b, t] = max(big[b, t].item(), float(obj.big))
+                    if obj.big:
+                        big[b, t] = 1.0
                 if _overlap(region, box) >= min(_COVER * _area(region), 0.5 * _area(box)):
                     colors[b, t, color] = 1.0
         if sample.digit_box is not None and sample.digit is not None:

@@ -71,9 +71,13 @@ class EmbeddedConfig:
             )
 
     @property
+    def tokens_per_side(self) -> int:
+        """Image tokens along one side of a crop (a token is a 2x2 group of patches)."""
+        return self.crop.crop_size // self.patch_size // 2
+
+    @property
     def tokens_per_crop(self) -> int:
-        side = self.crop.crop_size // self.patch_size // 2
-        return side * side
+        return self.tokens_per_side**2
 
     def to_dict(self) -> dict:
         data = asdict(self)

@@ -190,7 +190,7 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     norm = model.embedding_norm()
-    side = model.config.crop.crop_size // model.config.patch_size // 2
+    side = model.config.tokens_per_side
     for step in range(config.steps):
         warm = step < config.warm_fraction * config.steps
         knobs = draw_warm_knobs(model, rng) if warm else draw_knobs(model, rng, config.full_plan_fraction)
@@ -235,7 +235,7 @@ def pretrain_vision(
     params = [*model.vision.parameters(), *model.projector.parameters(), *model.crop_embedding.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=config.weight_decay)
     tiers = model.knob_space.tiers
-    side = model.config.crop.crop_size // model.config.patch_size // 2
+    side = model.config.tokens_per_side
     started = time.monotonic()
     window: dict[str, list[float]] = {}
     for step in range(config.vision_steps):
