@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+_FLAGS: dict[str, str] = {
+    "seed": "seed of the weights, the drawn questions and the drawn knobs",
+    "steps": "steps of the main phase (answers and dense targets)",
+    "batch_size": "questions per step",
+    "lr": "peak learning rate of the main phase",
+    "vision_steps": "steps of the vision-only phase (dense targets)",
+    "warm_fraction": "leading share of main steps at every block and the default top-k, mostly cheap tiers",
+    "full_plan_fraction": "share of later main steps at the full plan; the rest draw knobs at random",
+    "dense_weight": "dense-target loss weight in the main phase",
+    "max_minutes": "stop early after this wall time",
+}
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from adactrl.models.pretrain import PretrainConfig
+
     p = sub.add_parser("pretrain-embedded", help="train the embedded MoE VLM on the synthetic VQA set")
     p.add_argument("--output_dir", required=True, help="where the weights, tokenizer and importance go")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3600)
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--vision_steps", type=int, default=2000, help="steps of the vision-only phase (dense targets)")
-    p.add_argument("--dense_weight", type=float, default=0.5, help="dense-target loss weight in the main phase")
-    p.add_argument("--max_minutes", type=float, default=None, help="stop early after this wall time")
+    defaults = {f.name: f.default for f in fields(PretrainConfig)}
+    for name, help_text in _FLAGS.items():
+        kind = int if isinstance(defaults[name], int) else float
+        p.add_argument(f"--{name}", type=kind, default=defaults[name], help=f"{help_text} (default {defaults[name]})")
     p.add_argument("--importance_samples", type=int, default=200)
     p.set_defaults(run=run)
 
@@ -23,16 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from adactrl.commands.importance import write_importance
     from adactrl.models.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(
-        output_dir=args.output_dir,
-        seed=args.seed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        vision_steps=args.vision_steps,
-        dense_weight=args.dense_weight,
-        max_minutes=args.max_minutes,
-    )
+    config = PretrainConfig(output_dir=args.output_dir, **{name: getattr(args, name) for name in _FLAGS})
     pretrain(config, log=lambda line: print(line, flush=True))
     write_importance(args.output_dir, "synthetic", args.importance_samples, args.seed, None)
     print(f"saved the embedded model to {args.output_dir}")

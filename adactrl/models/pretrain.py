@@ -67,8 +67,8 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
-        if not 0.0 <= self.full_plan_fraction <= 1.0 or not 0.0 <= self.budget_slot_prob <= 1.0:
-            raise ValueError("full_plan_fraction and budget_slot_prob are probabilities in [0, 1]")
+        if not all(0.0 <= p <= 1.0 for p in (self.full_plan_fraction, self.warm_fraction, self.budget_slot_prob)):
+            raise ValueError("full_plan_fraction, warm_fraction and budget_slot_prob are probabilities in [0, 1]")
         if self.lr <= 0 or self.vision_lr <= 0:
             raise ValueError(f"lr and vision_lr must be positive, got {self.lr} and {self.vision_lr}")
         if self.vision_steps < 0 or self.dense_weight < 0:
@@ -155,11 +155,11 @@ def answer_logits(
     return model.lm_logits(hidden), labels
 
 
-def first_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of rows whose first answer token is predicted right (answers are mostly 1 word)."""
+def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row: is the first answer token predicted right (answers are mostly 1 word)? [B] bool."""
     first = (labels != IGNORE).int().argmax(dim=1)  # [B] first labelled position
     rows = torch.arange(labels.shape[0])
-    return float((logits[rows, first].argmax(-1) == labels[rows, first]).float().mean())
+    return logits[rows, first].argmax(-1) == labels[rows, first]
 
 
 def build_model(seed: int, vocabulary: tuple[str, ...]) -> EmbeddedVLM:
@@ -217,8 +217,9 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
         schedule.step()
         minutes = (time.monotonic() - started) / 60
         if step % config.eval_every == 0 or step == config.steps - 1:
-            acc = evaluate_full_plan(model, val_rows)
-            log(f"step {step:5d}  loss {loss.item():.3f}  val_first_token_acc {acc:.3f}  {minutes:.1f} min")
+            acc, per_family = evaluate_full_plan(model, val_rows)
+            families_text = " ".join(f"{f} {a:.2f}" for f, a in per_family.items())
+            log(f"step {step:5d}  loss {loss.item():.3f}  val_first_token_acc {acc:.3f} ({families_text})  {minutes:.1f} min")
         if config.max_minutes is not None and minutes > config.max_minutes:
             log(f"stopping at step {step}: {config.max_minutes} minutes reached")
             break
@@ -261,21 +262,24 @@ def pretrain_vision(
 
 
 @torch.no_grad()
-def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 64) -> float:
+def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 64) -> tuple[float, dict[str, float]]:
+    """First-answer-token accuracy at the full plan: overall and per family (in FAMILIES order)."""
     was_training = model.training
     model.eval()
     space = model.knob_space
     knobs = KnobDraw(space.tiers[-1], 1, space.default_top_k, tuple(range(space.num_layers)))
-    correct = 0.0
+    by_family: dict[str, list[bool]] = {}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
         tokens = image_tokens(model, [r["image"] for r in chunk], knobs.tier)
         logits, labels = answer_logits(
             model, tokens, [r["question"] for r in chunk], [r["answer"] for r in chunk], knobs, [None] * len(chunk)
         )
-        correct += first_token_accuracy(logits, labels) * len(chunk)
+        for row, ok in zip(chunk, first_token_correct(logits, labels).tolist()):
+            by_family.setdefault(row["family"], []).append(ok)
     model.train(was_training)
-    return correct / len(rows)
+    overall = float(np.mean([ok for oks in by_family.values() for ok in oks]))
+    return overall, {f: float(np.mean(by_family[f])) for f in FAMILIES if f in by_family}
 
 
 def _random_slot(rng: np.random.Generator, width: int, norm: float) -> torch.Tensor:

@@ -140,3 +140,18 @@ def test_importance_writes_json_into_the_model_directory(tmp_path, capsys):
     assert data["format"] == FORMAT and data["num_samples"] == 2 and data["split"] == "validation"
     assert len(data["scores"]) == 16
     assert EmbeddedVLM.load(model_dir).importance == tuple(data["scores"])
+
+
+def test_pretrain_embedded_flags_reach_the_config(monkeypatch, tmp_path):
+    from adactrl.commands import importance as importance_command
+    from adactrl.models import pretrain as pretrain_module
+
+    seen = {}
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda config, log: seen.setdefault("config", config))
+    monkeypatch.setattr(importance_command, "write_importance", lambda *args: seen.setdefault("importance", args))
+    args = ["pretrain-embedded", "--output_dir", str(tmp_path), "--steps", "7", "--warm_fraction", "0.3"]
+    assert main([*args, "--full_plan_fraction", "0.5", "--max_minutes", "2"]) == 0
+    config = seen["config"]
+    assert (config.steps, config.warm_fraction, config.full_plan_fraction, config.max_minutes) == (7, 0.3, 0.5, 2.0)
+    assert config.vision_steps == pretrain_module.PretrainConfig.vision_steps  # unset flags keep the defaults
+    assert seen["importance"][0] == str(tmp_path)

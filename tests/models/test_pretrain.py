@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from adactrl.data.synthetic import FAMILIES
 from adactrl.models.embedded import EmbeddedVLM
 from adactrl.models.pretrain import PretrainConfig, pretrain
 
@@ -13,10 +14,12 @@ def _tiny(tmp_path, name: str, **overrides) -> PretrainConfig:
 
 def test_pretrain_runs_both_phases_and_saves_a_loadable_model(tmp_path):
     lines: list[str] = []
-    pretrain(_tiny(tmp_path, "model"), log=lines.append)
+    pretrain(_tiny(tmp_path, "model", eval_questions=6), log=lines.append)  # one question per family
     assert sum(line.startswith("vision step") for line in lines) == 3  # eval_every=1: every step
     assert "low/pairs_f1" in lines[0] and "medium/pairs_f1" in lines[1] and "high/pairs_f1" in lines[2]  # tiers in turn
-    assert sum("val_first_token_acc" in line for line in lines) == 2  # steps 0 and 1
+    val_lines = [line for line in lines if "val_first_token_acc" in line]
+    assert len(val_lines) == 2  # steps 0 and 1
+    assert all(f"{family} " in val_lines[0] for family in FAMILIES)  # per-family accuracy
     model = EmbeddedVLM.load(tmp_path / "model")
     assert model.config.num_layers == 16 and not model.training
 
@@ -37,6 +40,7 @@ def test_pretrain_is_deterministic_by_seed(tmp_path):
         ({"vision_steps": -1}, "vision_steps and dense_weight must not be negative"),
         ({"vision_digit_share": 1.5}, r"vision_digit_share is a probability in \[0, 1\]"),
         ({"full_plan_fraction": -0.1}, "are probabilities in"),
+        ({"warm_fraction": 1.5}, r"warm_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path, overrides, message):
