@@ -20,7 +20,7 @@ _FLAGS: dict[str, str] = {
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from dataclasses import fields
 
-    from adactrl.models.pretrain import PretrainConfig
+    from adactrl.models.pretrain_config import PretrainConfig
 
     p = sub.add_parser("pretrain-embedded", help="train the embedded MoE VLM on the synthetic VQA set")
     p.add_argument("--output_dir", required=True, help="where the weights, tokenizer and importance go")
@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from adactrl.commands.importance import write_importance
-    from adactrl.models.pretrain import PretrainConfig, pretrain
+    from adactrl.models.pretrain import pretrain
+    from adactrl.models.pretrain_config import PretrainConfig
 
     config = PretrainConfig(output_dir=args.output_dir, **{name: getattr(args, name) for name in _FLAGS})
     pretrain(config, log=lambda line: print(line, flush=True))

@@ -24,57 +24,10 @@ from torch import nn
 from adactrl.data.synthetic import FAMILIES, SyntheticVQAConfig, generate_sample, make_synthetic_vqa
 from adactrl.models.dense import DenseHeads, token_targets
 from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
+from adactrl.models.pretrain_config import PretrainConfig
 from adactrl.models.tokenizer import WordTokenizer, build_tokenizer
 
 IGNORE = -100
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Settings of `adactrl pretrain-embedded`. Defaults reproduce the shipped model."""
-
-    output_dir: str
-    seed: int = 0
-    steps: int = 3600
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    full_plan_fraction: float = 0.35
-    """Share of steps run with every block at the default top-k (at a random tier) once the
-    warm phase is over; the rest draw top-k, insertion and blocks at random."""
-    warm_fraction: float = 0.25
-    """Leading share of steps that run every block at the default top-k, mostly at cheap
-    tiers and with no budget slot, so the deep stack learns the task before it learns to
-    survive high-resolution sequences, dropped blocks and fewer experts."""
-    budget_slot_prob: float = 0.5
-    """Chance that a random budget-sized token is appended after the prompt, as the
-    controller's budget token will be, so the frozen model learns to read past it."""
-    vision_steps: int = 2000
-    """Steps of the vision phase that comes first: the vision side learns the dense per-token
-    targets of `adactrl.models.dense` on its own, about a seventh of the cost of a full step."""
-    vision_lr: float = 2e-3
-    vision_digit_share: float = 0.5
-    """Share of vision-phase images drawn from the digit family: a glyph is one token in a
-    hundred, the rarest target, and the hardest to learn."""
-    dense_weight: float = 0.5
-    """Weight of the dense per-token loss beside the answer loss in the main phase (0 = off)."""
-    eval_every: int = 250
-    eval_questions: int = 384
-    max_minutes: float | None = None
-    """Stop early after this much wall time (the schedule still decays as planned)."""
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be at least 1")
-        if not all(0.0 <= p <= 1.0 for p in (self.full_plan_fraction, self.warm_fraction, self.budget_slot_prob)):
-            raise ValueError("full_plan_fraction, warm_fraction and budget_slot_prob are probabilities in [0, 1]")
-        if self.lr <= 0 or self.vision_lr <= 0:
-            raise ValueError(f"lr and vision_lr must be positive, got {self.lr} and {self.vision_lr}")
-        if self.vision_steps < 0 or self.dense_weight < 0:
-            raise ValueError("vision_steps and dense_weight must not be negative")
-        if not 0.0 <= self.vision_digit_share <= 1.0:
-            raise ValueError("vision_digit_share is a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
