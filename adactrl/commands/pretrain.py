@@ -10,8 +10,13 @@ _FLAGS: dict[str, str] = {
     "batch_size": "questions per step",
     "lr": "peak learning rate of the main phase",
     "vision_steps": "steps of the vision-only phase (dense targets)",
-    "warm_fraction": "leading share of main steps at every block and the default top-k, mostly cheap tiers",
-    "full_plan_fraction": "share of later main steps at the full plan; the rest draw knobs at random",
+    "reasoning_low_fraction": "leading share of main steps on count/exists/position alone at the cheapest tier",
+    "reasoning_fraction": "next share on count/exists/position alone at every tier",
+    "warm_fraction": "next share on all families at every block and the default top-k, no budget slot",
+    "reasoning_weight": "how much more often a reasoning family is drawn than an easy one afterwards",
+    "full_plan_fraction": "share of random-knob steps at the full plan; the rest draw knobs at random",
+    "rising_knob_weights": "draw top-k and block count with weights 1..n from the cheapest value up",
+    "slot_ramp_fraction": "share of the random-knob stage over which the budget slot fades in",
     "dense_weight": "dense-target loss weight in the main phase",
     "max_minutes": "stop early after this wall time",
 }
@@ -26,8 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output_dir", required=True, help="where the weights, tokenizer and importance go")
     defaults = {f.name: f.default for f in fields(PretrainConfig)}
     for name, help_text in _FLAGS.items():
-        kind = int if isinstance(defaults[name], int) else float
-        p.add_argument(f"--{name}", type=kind, default=defaults[name], help=f"{help_text} (default {defaults[name]})")
+        text = f"{help_text} (default {defaults[name]})"
+        if isinstance(defaults[name], bool):
+            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=defaults[name], help=text)
+        else:
+            kind = int if isinstance(defaults[name], int) else float
+            p.add_argument(f"--{name}", type=kind, default=defaults[name], help=text)
     p.add_argument("--importance_samples", type=int, default=200)
     p.set_defaults(run=run)
 

@@ -38,26 +38,38 @@ class KnobDraw:
     blocks: tuple[int, ...]
 
 
-def draw_knobs(model: EmbeddedVLM, rng: np.random.Generator, full_plan_fraction: float) -> KnobDraw:
+REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position")
+"""The families that compose what several image tokens show; they are learned first."""
+
+
+def draw_knobs(
+    model: EmbeddedVLM, rng: np.random.Generator, full_plan_fraction: float, rising: bool = False
+) -> KnobDraw:
     """A random plan; its blocks are a random subset so any importance ranking is covered.
 
     Half the steps use the high tier so the fine-detail questions are seen where they can be
-    answered; the other tiers share the rest."""
+    answered; the other tiers share the rest. Top-k and the block count are drawn uniformly, or
+    with `rising` with weights 1, 2, ..., n from the cheapest value up (every setting is
+    trained, the expensive ones most)."""
     space = model.knob_space
     tiers = space.tiers
     tier = tiers[-1] if rng.random() < 0.5 else str(rng.choice(tiers[:-1]))
     if rng.random() < full_plan_fraction:
         return KnobDraw(tier, 1, space.default_top_k, tuple(range(space.num_layers)))
     insertion = int(rng.choice(space.insertion_positions))
-    top_k = int(rng.choice(space.top_k_values))
-    num_blocks = int(rng.choice(space.num_blocks_values))
+    if rising:
+        top_k = int(rng.choice(space.top_k_values, p=_rising(len(space.top_k_values))))
+        num_blocks = int(rng.choice(space.num_blocks_values, p=_rising(len(space.num_blocks_values))))
+    else:
+        top_k = int(rng.choice(space.top_k_values))
+        num_blocks = int(rng.choice(space.num_blocks_values))
     later = rng.choice(np.arange(insertion, space.num_layers), size=num_blocks - insertion, replace=False)
     return KnobDraw(tier, insertion, top_k, tuple(sorted([*range(insertion), *map(int, later)])))
 
 
 def draw_warm_knobs(model: EmbeddedVLM, rng: np.random.Generator) -> KnobDraw:
-    """The warm phase: every block at the default top-k, mostly cheap tiers. Short image
-    sequences let the answer position find the question and the objects in few steps."""
+    """Every block at the default top-k, mostly cheap tiers: short image sequences let the
+    answer position find the question and the objects in few steps."""
     space = model.knob_space
     tier = space.tiers[int(rng.choice(len(space.tiers), p=_warm_tier_probs(len(space.tiers))))]
     return KnobDraw(tier, 1, space.default_top_k, tuple(range(space.num_layers)))
@@ -66,6 +78,64 @@ def draw_warm_knobs(model: EmbeddedVLM, rng: np.random.Generator) -> KnobDraw:
 def _warm_tier_probs(num_tiers: int) -> np.ndarray:
     weights = np.array([2.0**-i for i in range(num_tiers)])  # cheapest tier most often
     return weights / weights.sum()
+
+
+def _rising(n: int) -> np.ndarray:
+    weights = np.arange(1, n + 1, dtype=float)
+    return weights / weights.sum()
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one main-phase step trains on (see `curriculum`)."""
+
+    name: str
+    families: tuple[str, ...]
+    family_probs: np.ndarray
+    slot_prob: float
+
+    def draw_knobs(self, model: EmbeddedVLM, rng: np.random.Generator, config: PretrainConfig) -> KnobDraw:
+        space = model.knob_space
+        if self.name == "reasoning-low":
+            return KnobDraw(space.tiers[0], 1, space.default_top_k, tuple(range(space.num_layers)))
+        if self.name in ("reasoning", "warm"):
+            return draw_warm_knobs(model, rng)
+        return draw_knobs(model, rng, config.full_plan_fraction, rising=config.rising_knob_weights)
+
+    def draw_families(self, rng: np.random.Generator, n: int) -> list[str]:
+        if np.allclose(self.family_probs, self.family_probs[0]):
+            return [self.families[int(rng.integers(len(self.families)))] for _ in range(n)]
+        return [self.families[i] for i in rng.choice(len(self.families), size=n, p=self.family_probs)]
+
+
+def curriculum(step: int, config: PretrainConfig) -> Stage:
+    """The main phase's stage at `step`, in order:
+
+    1. `reasoning-low` (`reasoning_low_fraction` of the steps): count / exists / position only,
+       the cheapest tier, every block, no budget slot. With 9 image tokens the answer position
+       learns to find the objects the question names; at 90 tokens, or beside easy families
+       that block 0 answers alone, it never starts (README, "what has been tried").
+    2. `reasoning` (`reasoning_fraction`): the same families at every tier, cheap ones most.
+    3. `warm` (`warm_fraction`): all families (the reasoning ones `reasoning_weight` times as
+       often), every block, mixed tiers, no budget slot.
+    4. `random-knobs` (the rest): tier, insertion, top-k and blocks drawn at random; the budget
+       slot's probability rises linearly to `budget_slot_prob` over the first
+       `slot_ramp_fraction` of the stage.
+
+    With the default settings stages 1 and 2 are empty (see `PretrainConfig`).
+    """
+    ends = np.cumsum([config.reasoning_low_fraction, config.reasoning_fraction, config.warm_fraction]) * config.steps
+    reasoning = (REASONING_FAMILIES, np.full(len(REASONING_FAMILIES), 1 / len(REASONING_FAMILIES)), 0.0)
+    if step < ends[0]:
+        return Stage("reasoning-low", *reasoning)
+    if step < ends[1]:
+        return Stage("reasoning", *reasoning)
+    weights = np.array([config.reasoning_weight if f in REASONING_FAMILIES else 1.0 for f in FAMILIES])
+    mixed = (FAMILIES, weights / weights.sum())
+    if step < ends[2]:
+        return Stage("warm", *mixed, 0.0)
+    ramp = max(1.0, config.slot_ramp_fraction * (config.steps - ends[2]))
+    return Stage("random-knobs", *mixed, config.budget_slot_prob * min(1.0, (step - ends[2] + 1) / ramp))
 
 
 def image_tokens(model: EmbeddedVLM, images: list, tier: str) -> torch.Tensor:
@@ -144,17 +214,21 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, config))
     norm = model.embedding_norm()
     side = model.config.tokens_per_side
+    stage_name = None
     for step in range(config.steps):
-        warm = step < config.warm_fraction * config.steps
-        knobs = draw_warm_knobs(model, rng) if warm else draw_knobs(model, rng, config.full_plan_fraction)
+        stage = curriculum(step, config)
+        if stage.name != stage_name:
+            stage_name = stage.name
+            log(f"step {step:5d}  stage {stage.name}: families {'/'.join(stage.families)}")
+        knobs = stage.draw_knobs(model, rng, config)
+        families = stage.draw_families(rng, config.batch_size)
         samples = [
-            generate_sample(np.random.default_rng([config.seed, 99, step, b]), FAMILIES[int(rng.integers(len(FAMILIES)))])
-            for b in range(config.batch_size)
+            generate_sample(np.random.default_rng([config.seed, 99, step, b]), family)
+            for b, family in enumerate(families)
         ]
         if step % 50 == 0:
             norm = model.embedding_norm()
-        slot_prob = 0.0 if warm else config.budget_slot_prob
-        slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < slot_prob else None for _ in samples]
+        slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < stage.slot_prob else None for _ in samples]
         tokens = image_tokens(model, [s.image for s in samples], knobs.tier)
         logits, labels = answer_logits(
             model, tokens, [s.question for s in samples], [s.answer for s in samples], knobs, slots

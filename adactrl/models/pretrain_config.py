@@ -17,13 +17,25 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    full_plan_fraction: float = 0.35
-    """Share of steps run with every block at the default top-k (at a random tier) once the
-    warm phase is over; the rest draw top-k, insertion and blocks at random."""
+    reasoning_low_fraction: float = 0.0
+    """Leading share of main steps on the reasoning families alone (count, exists, position)
+    at the cheapest tier, every block, no budget slot (stage 1 of `curriculum`; 0 = skip)."""
+    reasoning_fraction: float = 0.0
+    """Next share of main steps on the reasoning families alone at every tier (stage 2)."""
     warm_fraction: float = 0.25
-    """Leading share of steps that run every block at the default top-k, mostly at cheap
-    tiers and with no budget slot, so the deep stack learns the task before it learns to
-    survive high-resolution sequences, dropped blocks and fewer experts."""
+    """Next share of main steps on all families with every block at the default top-k, mostly
+    cheap tiers and no budget slot (stage 3), before knobs are drawn at random (stage 4)."""
+    reasoning_weight: float = 1.0
+    """How much more often than each easy family a reasoning family is drawn in stages 3-4."""
+    full_plan_fraction: float = 0.35
+    """Share of random-knob steps run with every block at the default top-k (at a random
+    tier); the rest draw top-k, insertion and blocks at random."""
+    rising_knob_weights: bool = False
+    """Draw top-k and the block count with weights 1..n from the cheapest value up, instead of
+    uniformly, in the random-knob stage."""
+    slot_ramp_fraction: float = 0.0
+    """Leading share of the random-knob stage over which the budget slot's probability rises
+    linearly from 0 to `budget_slot_prob` (0 = at full probability at once)."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
@@ -44,8 +56,23 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
-        if not all(0.0 <= p <= 1.0 for p in (self.full_plan_fraction, self.warm_fraction, self.budget_slot_prob)):
-            raise ValueError("full_plan_fraction, warm_fraction and budget_slot_prob are probabilities in [0, 1]")
+        shares = (
+            self.full_plan_fraction, self.reasoning_low_fraction, self.reasoning_fraction, self.warm_fraction,
+            self.slot_ramp_fraction,
+        )
+        if not all(0.0 <= p <= 1.0 for p in (*shares, self.budget_slot_prob)):
+            raise ValueError(
+                "full_plan_fraction, reasoning_low_fraction, reasoning_fraction, warm_fraction, "
+                "slot_ramp_fraction and budget_slot_prob are probabilities in [0, 1]"
+            )
+        curriculum = self.reasoning_low_fraction + self.reasoning_fraction + self.warm_fraction
+        if curriculum > 1.0:
+            raise ValueError(
+                f"reasoning_low_fraction + reasoning_fraction + warm_fraction = {curriculum:g} exceeds 1; "
+                "they are shares of the same main steps, so lower one of them"
+            )
+        if self.reasoning_weight <= 0:
+            raise ValueError(f"reasoning_weight must be positive, got {self.reasoning_weight}")
         if self.lr <= 0 or self.vision_lr <= 0:
             raise ValueError(f"lr and vision_lr must be positive, got {self.lr} and {self.vision_lr}")
         if self.vision_steps < 0 or self.dense_weight < 0:

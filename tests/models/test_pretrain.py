@@ -1,8 +1,9 @@
+import numpy as np
 import torch
 
 from adactrl.data.synthetic import FAMILIES
 from adactrl.models.embedded import EmbeddedVLM
-from adactrl.models.pretrain import pretrain
+from adactrl.models.pretrain import REASONING_FAMILIES, build_model, curriculum, draw_knobs, pretrain
 from adactrl.models.pretrain_config import PretrainConfig
 
 
@@ -14,12 +15,13 @@ def _tiny(tmp_path, name: str, **overrides) -> PretrainConfig:
 
 def test_pretrain_runs_both_phases_and_saves_a_loadable_model(tmp_path):
     lines: list[str] = []
-    pretrain(_tiny(tmp_path, "model", eval_questions=6), log=lines.append)  # one question per family
+    pretrain(_tiny(tmp_path, "model", eval_questions=6, **CURRICULUM), log=lines.append)  # one question per family
     assert sum(line.startswith("vision step") for line in lines) == 3  # eval_every=1: every step
     assert "low/pairs_f1" in lines[0] and "medium/pairs_f1" in lines[1] and "high/pairs_f1" in lines[2]  # tiers in turn
     val_lines = [line for line in lines if "val_first_token_acc" in line]
     assert len(val_lines) == 2  # steps 0 and 1
     assert all(f"{family} " in val_lines[0] for family in FAMILIES)  # per-family accuracy
+    assert any("stage reasoning-low: families count/exists/position" in line for line in lines)
     model = EmbeddedVLM.load(tmp_path / "model")
     assert model.config.num_layers == 16 and not model.training
 
@@ -30,3 +32,48 @@ def test_pretrain_is_deterministic_by_seed(tmp_path):
     first, second = EmbeddedVLM.load(tmp_path / "a"), EmbeddedVLM.load(tmp_path / "b")
     for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+CURRICULUM = dict(reasoning_low_fraction=0.15, reasoning_fraction=0.1, warm_fraction=0.1, reasoning_weight=2.0)
+
+
+def test_the_default_schedule_is_a_warm_quarter_then_random_knobs():
+    config = PretrainConfig(output_dir="unused", steps=100)
+    names = [curriculum(step, config).name for step in range(100)]
+    assert names == ["warm"] * 25 + ["random-knobs"] * 75
+    assert {tuple(curriculum(step, config).family_probs) for step in (0, 50)} == {(1 / 6,) * 6}
+    assert [curriculum(step, config).slot_prob for step in (24, 25)] == [0.0, config.budget_slot_prob]
+
+
+def test_the_curriculum_teaches_the_reasoning_families_first_then_draws_knobs():
+    config = PretrainConfig(output_dir="unused", steps=100, slot_ramp_fraction=0.2, **CURRICULUM)  # ends 15, 25, 35
+    names = [curriculum(step, config).name for step in range(100)]
+    assert names == ["reasoning-low"] * 15 + ["reasoning"] * 10 + ["warm"] * 10 + ["random-knobs"] * 65
+    for step in (0, 20):
+        assert curriculum(step, config).families == REASONING_FAMILIES
+    warm = curriculum(30, config)
+    assert warm.families == FAMILIES and warm.slot_prob == 0.0
+    weights = dict(zip(warm.families, warm.family_probs))
+    assert weights["count"] == 2 * weights["color"] and abs(sum(weights.values()) - 1) < 1e-9
+    # The budget slot fades in over the first fifth (13 steps) of the random-knob stage.
+    slots = [curriculum(step, config).slot_prob for step in range(35, 100)]
+    assert slots[0] == config.budget_slot_prob / 13 and slots[12:] == [config.budget_slot_prob] * 53
+    assert all(a <= b for a, b in zip(slots, slots[1:]))
+
+
+def test_each_stage_draws_the_knobs_it_promises():
+    model, config = build_model(0, ("unused",)), PretrainConfig(output_dir="unused", steps=100, **CURRICULUM)
+    space, rng = model.knob_space, np.random.default_rng(0)
+    every_block = tuple(range(space.num_layers))
+    low = curriculum(0, config).draw_knobs(model, rng, config)
+    assert (low.tier, low.top_k, low.blocks) == (space.tiers[0], space.default_top_k, every_block)
+    warm = [curriculum(30, config).draw_knobs(model, rng, config) for _ in range(200)]
+    assert {k.blocks for k in warm} == {every_block} and {k.tier for k in warm} == set(space.tiers)
+    for rising, low, high in ((False, 0.75, 1.33), (True, 4.0, 6.5)):
+        drawn = [draw_knobs(model, rng, full_plan_fraction=0.0, rising=rising) for _ in range(3000)]
+        top_k = [k.top_k for k in drawn]
+        blocks = [len(k.blocks) for k in drawn]
+        # Uniform, or weights 1..5 from the cheapest value up: the most expensive about 5x as often.
+        assert low < top_k.count(space.top_k_values[-1]) / top_k.count(space.top_k_values[0]) < high
+        assert low < blocks.count(space.num_blocks_values[-1]) / blocks.count(space.num_blocks_values[0]) < high
+        assert all(k.blocks[: k.insertion] == tuple(range(k.insertion)) for k in drawn)  # head blocks always run
