@@ -103,6 +103,8 @@ class Stage:
         return draw_knobs(model, rng, config.full_plan_fraction, rising=config.rising_knob_weights)
 
     def draw_families(self, rng: np.random.Generator, n: int) -> list[str]:
+        # Equal weights draw as the shipped model's recipe did, so its RNG stream (and its
+        # weights) stay reproducible from the seed.
         if np.allclose(self.family_probs, self.family_probs[0]):
             return [self.families[int(rng.integers(len(self.families)))] for _ in range(n)]
         return [self.families[i] for i in rng.choice(len(self.families), size=n, p=self.family_probs)]
