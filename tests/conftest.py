@@ -19,7 +19,7 @@ TINY_IMPORTANCE = (8.0, 1.0, 5.0, 2.0, 7.0, 3.0, 6.0, 4.0)
 """Not monotone in depth, so the blocks a plan keeps are not just the first ones."""
 
 
-def build_tiny_model(seed: int = 0) -> EmbeddedVLM:
+def build_tiny_model(seed: int = 0, stem_self_only: bool = False) -> EmbeddedVLM:
     """8 blocks, 8 experts, top-4: KnobSpace insertion 1..5, top-k 2..4, blocks 6..8."""
     tokenizer = WordTokenizer(build_tokenizer(VOCABULARY))
     config = EmbeddedConfig(
@@ -33,6 +33,7 @@ def build_tiny_model(seed: int = 0) -> EmbeddedVLM:
         vision_hidden=32,
         vision_layers=1,
         vision_heads=2,
+        stem_self_only=stem_self_only,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -52,6 +53,12 @@ def build_tiny_model(seed: int = 0) -> EmbeddedVLM:
 @pytest.fixture(scope="session")
 def tiny_model() -> EmbeddedVLM:
     return build_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def stem_model() -> EmbeddedVLM:
+    """The tiny model with a per-token block 0 (`EmbeddedConfig.stem_self_only`)."""
+    return build_tiny_model(stem_self_only=True)
 
 
 @pytest.fixture(scope="session")

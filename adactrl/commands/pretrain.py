@@ -17,6 +17,7 @@ _FLAGS: dict[str, str] = {
     "full_plan_fraction": "share of random-knob steps at the full plan; the rest draw knobs at random",
     "rising_knob_weights": "draw top-k and block count with weights 1..n from the cheapest value up",
     "slot_ramp_fraction": "share of the random-knob stage over which the budget slot fades in",
+    "stem_self_only": "build block 0 as a per-token stem: tokens meet only in blocks the knobs reach",
     "dense_weight": "dense-target loss weight in the main phase",
     "max_minutes": "stop early after this wall time",
 }

@@ -55,6 +55,10 @@ class EmbeddedConfig:
     max_context: int = 256
     """Longest sequence (image tokens + prompt + budget token + answer)."""
     max_answer_tokens: int = 4
+    stem_self_only: bool = False
+    """Block 0 attends only from each token to itself: a per-token stem, so every step that
+    mixes tokens (question with image, object with object) happens in blocks the top-k and
+    block-count knobs reach. Block 0 always runs at the default top-k (DESIGN §1)."""
     pad_token_id: int = 0
     bos_token_id: int = 2
     eos_token_id: int = 3
@@ -203,15 +207,27 @@ class EmbeddedVLM(nn.Module):
             block.mlp.gate.top_k = top_k
             # No mask: sequences are unpadded (or right-padded in training) and causal
             # attention is implied for multi-token inputs; a single decode token sees its past.
+            mask = self._stem_mask(hidden, start) if index == 0 and self.config.stem_self_only else None
             hidden = block(
                 hidden,
-                attention_mask=None,
+                attention_mask=mask,
                 position_ids=positions,
                 cache=cache,
                 use_cache=cache is not None,
                 position_embeddings=rotary,
             )
         return hidden
+
+    @staticmethod
+    def _stem_mask(hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """Additive [1, 1, q, start + q] mask letting the token at `start + i` see only itself
+        (keys cached before `start` included, so prefill and decode agree)."""
+        length = hidden.shape[1]
+        keys = torch.arange(start + length, device=hidden.device)
+        queries = torch.arange(start, start + length, device=hidden.device)
+        blocked = keys[None, :] != queries[:, None]
+        mask = torch.zeros(length, start + length, dtype=hidden.dtype, device=hidden.device)
+        return mask.masked_fill(blocked, torch.finfo(hidden.dtype).min)[None, None]
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.lm_head(self.lm.model.norm(hidden))

@@ -187,12 +187,12 @@ def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return logits[rows, first].argmax(-1) == labels[rows, first]
 
 
-def build_model(seed: int, vocabulary: tuple[str, ...]) -> EmbeddedVLM:
+def build_model(seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False) -> EmbeddedVLM:
     """A fresh model whose blocks start as identities: zeroed attention-output and expert
     down-projections let the 16-block stack learn as fast as a shallow one at first."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer(build_tokenizer(vocabulary))
-    model = EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size), tokenizer)
+    model = EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only), tokenizer)
     for block in model.blocks:
         nn.init.zeros_(block.self_attn.o_proj.weight)
         nn.init.zeros_(block.mlp.experts.down_proj)
@@ -202,7 +202,7 @@ def build_model(seed: int, vocabulary: tuple[str, ...]) -> EmbeddedVLM:
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> EmbeddedVLM:
     from adactrl.data.synthetic import VOCABULARY
 
-    model = build_model(config.seed, VOCABULARY)
+    model = build_model(config.seed, VOCABULARY, config.stem_self_only)
     model.train()
     heads = DenseHeads(model.hidden_size)
     rng = np.random.default_rng([config.seed, 17])

@@ -36,6 +36,8 @@ class PretrainConfig:
     slot_ramp_fraction: float = 0.0
     """Leading share of the random-knob stage over which the budget slot's probability rises
     linearly from 0 to `budget_slot_prob` (0 = at full probability at once)."""
+    stem_self_only: bool = False
+    """Build the model with a per-token block 0 (`EmbeddedConfig.stem_self_only`)."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""

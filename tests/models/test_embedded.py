@@ -68,6 +68,44 @@ def test_save_load_round_trip_float32_is_exact(tiny_model, synthetic_rows, tmp_p
     assert torch.equal(full_pass_logits(loaded, image, prompt), full_pass_logits(tiny_model, image, prompt))
 
 
+def test_stem_block_sees_each_token_alone(stem_model, tiny_model):
+    """With `stem_self_only`, block 0's output at a position ignores every other position; block 1
+    (and block 0 of the ordinary model) mixes them."""
+    hidden = torch.randn(1, 9, stem_model.hidden_size, generator=torch.Generator().manual_seed(0))
+    changed = hidden.clone()
+    changed[:, :4] = torch.randn(1, 4, stem_model.hidden_size, generator=torch.Generator().manual_seed(1))
+
+    def tail(model, blocks, x):
+        with torch.no_grad():
+            return model.run_blocks(x, blocks, model.config.top_k, None, 0)[:, 4:]
+
+    assert torch.allclose(tail(stem_model, [0], hidden), tail(stem_model, [0], changed), atol=1e-6)
+    assert not torch.allclose(tail(stem_model, [1], hidden), tail(stem_model, [1], changed), atol=1e-3)
+    assert not torch.allclose(tail(tiny_model, [0], hidden), tail(tiny_model, [0], changed), atol=1e-3)
+
+
+def test_stem_model_prefill_then_decode_matches_one_pass(stem_model):
+    """The stem's mask counts cached keys, so prefill plus token-by-token decode through the KV
+    cache gives the one-pass hidden states."""
+    hidden = torch.randn(1, 10, stem_model.hidden_size, generator=torch.Generator().manual_seed(2))
+    blocks, top_k = [0, 2, 3, 5], stem_model.config.top_k - 1
+    with torch.no_grad():
+        one_pass = stem_model.run_blocks(hidden, blocks, top_k, None, 0)
+        cache = stem_model.new_cache()
+        steps = [stem_model.run_blocks(hidden[:, :6], blocks, top_k, cache, 0)]
+        steps += [stem_model.run_blocks(hidden[:, t : t + 1], blocks, top_k, cache, t) for t in range(6, 10)]
+    assert torch.allclose(torch.cat(steps, dim=1), one_pass, atol=1e-5)
+
+
+def test_stem_setting_survives_save_and_load(stem_model, tmp_path):
+    stem_model.save(tmp_path, dtype=torch.float32)
+    assert EmbeddedVLM.load(tmp_path).config.stem_self_only
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del config["stem_self_only"]  # a directory saved before the setting existed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    assert not EmbeddedVLM.load(tmp_path).config.stem_self_only
+
+
 def test_save_load_round_trip_float16_rounds_the_weights(tiny_model, synthetic_rows, tmp_path):
     tiny_model.save(tmp_path)  # fp16 storage by default
     loaded = EmbeddedVLM.load(tmp_path)
