@@ -5,7 +5,14 @@ import torch
 
 from adactrl.data import load_vqa_dataset
 from adactrl.models.embedded import load_importance_scores
-from adactrl.models.importance import FORMAT, METHOD, ImportanceScores, answer_nll, compute_importance
+from adactrl.models.importance import (
+    FORMAT,
+    METHOD,
+    ImportanceScores,
+    answer_nll,
+    compute_importance,
+    depth_curve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +73,37 @@ def test_missing_importance_file_names_it(tmp_path):
 def test_no_samples_is_refused(tiny_model):
     with pytest.raises(ValueError, match="no samples"):
         compute_importance(tiny_model, [], dataset="synthetic", split="validation", seed=0)
+
+
+@pytest.fixture(scope="module")
+def curve(tiny_model):
+    rows = load_vqa_dataset("synthetic", "validation", 6, seed=0)
+    return depth_curve(tiny_model, rows, tiny_model.importance)
+
+
+def test_depth_curve_adds_blocks_by_importance_then_lowers_top_k(tiny_model, curve):
+    """8 depth points (block 0, then later blocks most important first), then top-k 1..4 at full depth."""
+    depth, experts = curve[:8], curve[8:]
+    assert [p.num_blocks for p in depth] == list(range(1, 9)) and {p.top_k for p in depth} == {4}
+    assert depth[0].blocks == (0,)
+    ranked = sorted(range(1, 8), key=lambda i: -tiny_model.importance[i])
+    for n in range(2, 9):
+        assert set(depth[n - 1].blocks) == {0, *ranked[: n - 1]}
+    assert [p.top_k for p in experts] == [1, 2, 3, 4] and all(p.blocks == tuple(range(8)) for p in experts)
+    assert depth[-1].nll == pytest.approx(experts[-1].nll) and depth[-1].accuracy == experts[-1].accuracy
+
+
+def test_depth_curve_scores_each_family_like_the_importance_base(tiny_model, curve):
+    """The full-plan point is the importance scores' base; family accuracies average to it."""
+    rows = load_vqa_dataset("synthetic", "validation", 6, seed=0)
+    base = compute_importance(tiny_model, rows, dataset="synthetic", split="validation", seed=0)
+    full = curve[7]
+    assert full.nll == pytest.approx(base.base_nll, rel=1e-5) and full.accuracy == base.base_accuracy
+    assert sorted(full.family_accuracy) == sorted({row["family"] for row in rows})
+    assert sum(full.family_accuracy.values()) / 6 == pytest.approx(full.accuracy)  # one row per family
+    assert len({p.nll for p in curve[8:]}) == 4  # each top-k really changes the computation
+
+
+def test_depth_curve_needs_samples(tiny_model):
+    with pytest.raises(ValueError, match="at least one question"):
+        depth_curve(tiny_model, [], tiny_model.importance)
