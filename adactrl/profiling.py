@@ -147,6 +147,26 @@ def pareto_frontier(points: Sequence[PlanSummary]) -> list[PlanSummary]:
     return frontier
 
 
+def paired_drop(
+    records: Iterable[SweepRecord], base_plan: str, other_plan: str, families: Sequence[str]
+) -> tuple[float, float, int]:
+    """How much accuracy `other_plan` loses against `base_plan` on the questions of `families`:
+    the mean per-question drop, its standard error (paired: both plans ran the same questions)
+    and the number of questions. A drop within about two standard errors is noise."""
+    scores: dict[str, dict[int, float]] = {base_plan: {}, other_plan: {}}
+    for r in records:
+        if r.plan in scores and r.family in families:
+            scores[r.plan][r.question_id] = r.accuracy
+    shared = sorted(scores[base_plan].keys() & scores[other_plan].keys())
+    if len(shared) < 2:
+        raise ValueError(
+            f"{base_plan} and {other_plan} share {len(shared)} questions of {list(families)}; "
+            "a paired drop needs at least 2"
+        )
+    drops = [scores[base_plan][q] - scores[other_plan][q] for q in shared]
+    return statistics.fmean(drops), statistics.stdev(drops) / len(drops) ** 0.5, len(drops)
+
+
 def write_profile(records: Sequence[SweepRecord], path: str | Path) -> Path:
     """The sweep as a Parquet table, one row per (sample, plan), columns as in SweepRecord."""
     import pyarrow as pa

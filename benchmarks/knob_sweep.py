@@ -21,7 +21,7 @@ from tqdm import tqdm
 from adactrl.data import load_vqa_dataset
 from adactrl.models.embedded import EmbeddedVLM
 from adactrl.plots import plot_pareto
-from adactrl.profiling import PlanSummary, pareto_frontier, summarize, sweep
+from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
 # Which families each knob should hurt when lowered alone.
 KNOB_FAMILIES = {
@@ -60,7 +60,7 @@ def main() -> None:
         "num_blocks": [by_knobs[(full.tier, full.top_k, n)] for n in space.num_blocks_values[:-1]],
     }
     full_runs = [r.latency_ms for r in records if r.plan == full.plan]
-    checks = acceptance(full, cheapest, single_knob, frontier, statistics.median(full_runs))
+    checks = acceptance(full, cheapest, single_knob, frontier, statistics.median(full_runs), records)
 
     print_table(summaries, {s.plan for s in frontier})
     print(f"\n{len(records)} runs in {elapsed / 60:.1f} min; Pareto frontier: {len(frontier)} plans")
@@ -103,6 +103,7 @@ def acceptance(
     single_knob: dict[str, list[PlanSummary]],
     frontier: list[PlanSummary],
     full_median_ms: float,
+    records: list[SweepRecord],
 ) -> dict[str, tuple[bool, str]]:
     checks = {
         "full plan accuracy >= 0.75": (full.accuracy >= 0.75, f"{full.accuracy:.3f}"),
@@ -119,16 +120,16 @@ def acceptance(
     }
     for knob, lowered in single_knob.items():
         lowest = lowered[0]
-        family_drop = statistics.fmean(
-            full.family_accuracy[f] - lowest.family_accuracy[f] for f in KNOB_FAMILIES[knob]
-        )
+        # Paired over the same questions; a drop within two standard errors (one or two
+        # answers changing) is noise, not an effect of the knob.
+        family_drop, se, n = paired_drop(records, full.plan, lowest.plan, KNOB_FAMILIES[knob])
         checks[f"lowering {knob} alone lowers latency"] = (
             lowest.latency_ms < full.latency_ms,
             f"{lowest.latency_ms:.1f} vs {full.latency_ms:.1f} ms",
         )
         checks[f"lowering {knob} alone lowers accuracy on {'/'.join(KNOB_FAMILIES[knob])}"] = (
-            family_drop > 0,
-            f"mean family drop {family_drop:+.3f}",
+            family_drop > 2 * se,
+            f"mean drop {family_drop:+.3f} over {n} questions (paired s.e. {se:.3f}; needs > 2 s.e.)",
         )
     return checks
 

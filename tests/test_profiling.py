@@ -1,6 +1,8 @@
+import statistics
+
 import pytest
 
-from adactrl.profiling import PlanSummary, SweepRecord, pareto_frontier, summarize, sweep
+from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
 
 def record(plan: str, family: str, accuracy: float, latency_ms: float, question_id: int = 0) -> SweepRecord:
@@ -93,3 +95,29 @@ def test_sweep_runs_every_plan_on_every_sample(tiny_model, synthetic_rows):
 def test_sweep_needs_samples_and_plans(tiny_model):
     with pytest.raises(ValueError, match="at least one sample and one plan"):
         sweep(tiny_model, [], [tiny_model.knob_space.full_plan(tiny_model.importance)])
+
+
+FULL, CHEAP = "high/ins1/k8/b16", "low/ins1/k4/b12"
+
+
+def test_paired_drop_is_the_mean_per_question_drop_with_its_standard_error():
+    records = [record(FULL, "count", 1.0, 10.0, q) for q in range(4)]
+    records += [record(CHEAP, "count", a, 5.0, q) for q, a in enumerate([0.0, 1.0, 0.0, 1.0])]
+    records += [record(FULL, "color", 1.0, 10.0, 9), record(CHEAP, "color", 0.0, 5.0, 9)]  # other family
+    drop, se, n = paired_drop(records, FULL, CHEAP, ("count",))
+    assert (drop, n) == (0.5, 4)
+    assert se == pytest.approx(statistics.stdev([1.0, 0.0, 1.0, 0.0]) / 2)
+
+
+def test_paired_drop_of_one_changed_answer_is_within_noise():
+    """One question of many flipping gives a drop of about one standard error, not two."""
+    records = [record(FULL, "count", 1.0, 10.0, q) for q in range(80)]
+    records += [record(CHEAP, "count", 0.0 if q == 0 else 1.0, 5.0, q) for q in range(80)]
+    drop, se, _ = paired_drop(records, FULL, CHEAP, ("count",))
+    assert 0 < drop < 2 * se
+
+
+def test_paired_drop_needs_shared_questions():
+    records = [record(FULL, "count", 1.0, 10.0, 0), record(CHEAP, "count", 1.0, 5.0, 1)]
+    with pytest.raises(ValueError, match="share 0 questions"):
+        paired_drop(records, FULL, CHEAP, ("count",))
