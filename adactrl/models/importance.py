@@ -1,29 +1,38 @@
 """Per-block importance scores (seed 002, Exp 6 and 7).
 
-Method (`loss_increase_leave_one_out`): for every block i, run the model at its full plan with
-block i removed and measure how much the teacher-forced negative log-likelihood of the
-reference answer rises over the full model, averaged over a dataset:
+Two methods, both on the teacher-forced negative log-likelihood (NLL) of the reference answer at
+the full plan (highest tier, default top-k), averaged over a dataset:
 
-    score_i = mean_n [ NLL_n(all blocks but i) - NLL_n(all blocks) ]
+- `loss_increase_greedy_removal` (the default): remove blocks one at a time, each time the block
+  whose removal raises the NLL least given the blocks already removed, until only block 0 is
+  left. A block's score is the NLL increase over the full model once it and every block removed
+  before it are gone, kept strictly increasing along the removal order, so the blocks removed
+  last rank first and a plan with n blocks runs exactly the n blocks the search kept. This is
+  what the block-count knob does: it drops several blocks at once, and blocks that share work
+  (any four of fifteen can read an answer) look dispensable one at a time. Cost: L(L-1)/2 NLL
+  evaluations per question (120 for 16 blocks).
+- `loss_increase_leave_one_out`: score_i = mean_n [NLL_n(all blocks but i) - NLL_n(all blocks)].
+  L evaluations per question, blind to shared work.
 
-A block whose removal costs more is more important. The accuracy lost (first answer token,
-argmax) is recorded beside it. Block 0 is scored too, but plans always keep it.
+Block 0 is scored by leave-one-out in both; plans always keep it. The first-answer-token accuracy
+lost (argmax) is recorded beside each score, for greedy removal once the block is gone.
 
 File format (JSON): {"format": "adactrl.importance/1", "method", "dataset", "split",
 "num_samples", "seed", "base_nll", "base_accuracy", "scores": [one float per block],
-"accuracy_drop": [one float per block]}.
+"accuracy_drop": [one float per block], "removal_order": [blocks, first removed first; empty
+for leave-one-out]}.
 
-Leave-one-out scores miss work that many interchangeable blocks share: if any four of fifteen
-blocks can read an answer, removing one costs nothing. `depth_curve` measures that directly,
-past the KnobSpace's ranges: accuracy with block 0 plus the n - 1 most important later blocks,
+`depth_curve` measures how much depth and how many experts the answers need, past the
+KnobSpace's ranges: accuracy with block 0 plus the n - 1 most important later blocks,
 n = 1 .. L, and with every block at top-k 1 .. default (`benchmarks/depth_curve.py`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +42,9 @@ from adactrl.knobs import select_blocks
 from adactrl.models.adapter import MoEVLM
 
 FORMAT = "adactrl.importance/1"
-METHOD = "loss_increase_leave_one_out"
+GREEDY = "loss_increase_greedy_removal"
+LEAVE_ONE_OUT = "loss_increase_leave_one_out"
+METHODS: tuple[str, ...] = (GREEDY, LEAVE_ONE_OUT)
 
 
 @dataclass(frozen=True)
@@ -46,8 +57,10 @@ class ImportanceScores:
     base_accuracy: float
     scores: list[float]
     accuracy_drop: list[float]
-    method: str = METHOD
+    method: str = LEAVE_ONE_OUT
     format: str = FORMAT
+    removal_order: list[int] = field(default_factory=list)
+    """Greedy removal only: the blocks in the order they were removed (block 0 never is)."""
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -136,30 +149,59 @@ def compute_importance(
     dataset: str,
     split: str,
     seed: int,
+    method: str = GREEDY,
 ) -> ImportanceScores:
     """rows: dicts with 'image' (PIL), 'question' and 'answer' (the reference answer)."""
-    space = model.knob_space
-    all_blocks = tuple(range(space.num_layers))
-    base_nll, base_hits, count = 0.0, 0, 0
-    removed_nll = [0.0] * space.num_layers
-    removed_hits = [0] * space.num_layers
-    for row in rows:
-        prefix, target = _prefix_and_target(model, row)
-        nll, hit = answer_nll(model, prefix, target, all_blocks)
-        base_nll, base_hits, count = base_nll + nll, base_hits + hit, count + 1
-        for i in all_blocks:
-            nll_i, hit_i = answer_nll(model, prefix, target, tuple(b for b in all_blocks if b != i))
-            removed_nll[i] += nll_i
-            removed_hits[i] += hit_i
-    if count == 0:
+    if method not in METHODS:
+        raise ValueError(f"unknown importance method {method!r}; choose one of {list(METHODS)}")
+    samples = [_prefix_and_target(model, row) for row in rows]
+    if not samples:
         raise ValueError("no samples to score importance on; pass at least one question")
+    all_blocks = tuple(range(model.knob_space.num_layers))
+    base_nll, base_acc = _mean_nll(model, samples, all_blocks)
+    without = [_mean_nll(model, samples, tuple(b for b in all_blocks if b != i)) for i in all_blocks[:1]]
+    removal_order: list[int] = []
+    if method == LEAVE_ONE_OUT:
+        without += [_mean_nll(model, samples, tuple(b for b in all_blocks if b != i)) for i in all_blocks[1:]]
+    else:
+        removal_order, after = _greedy_removal(model, samples, all_blocks)
+        by_block = dict(zip(removal_order, after))
+        without += [by_block[i] for i in all_blocks[1:]]
+    scores = [nll - base_nll for nll, _ in without]
+    previous = -math.inf
+    for block in removal_order:  # strictly increasing along the removal order
+        scores[block] = previous = max(scores[block], math.nextafter(previous, math.inf))
     return ImportanceScores(
         dataset=dataset,
         split=split,
-        num_samples=count,
+        num_samples=len(samples),
         seed=seed,
-        base_nll=base_nll / count,
-        base_accuracy=base_hits / count,
-        scores=[(removed_nll[i] - base_nll) / count for i in all_blocks],
-        accuracy_drop=[(base_hits - removed_hits[i]) / count for i in all_blocks],
+        base_nll=base_nll,
+        base_accuracy=base_acc,
+        scores=scores,
+        accuracy_drop=[base_acc - acc for _, acc in without],
+        method=method,
+        removal_order=removal_order,
     )
+
+
+def _mean_nll(
+    model: MoEVLM, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], blocks: tuple[int, ...]
+) -> tuple[float, float]:
+    """Mean answer NLL and first-token accuracy of `blocks` at the default top-k."""
+    results = [answer_nll(model, prefix, target, blocks) for prefix, target in samples]
+    return sum(nll for nll, _ in results) / len(results), sum(hit for _, hit in results) / len(results)
+
+
+def _greedy_removal(
+    model: MoEVLM, samples: Sequence[tuple[torch.Tensor, torch.Tensor]], all_blocks: tuple[int, ...]
+) -> tuple[list[int], list[tuple[float, float]]]:
+    """Blocks in removal order and the (NLL, accuracy) once each is gone; a tie removes the later block."""
+    kept, order, after = list(all_blocks), [], []
+    while len(kept) > 1:
+        trials = {b: _mean_nll(model, samples, tuple(k for k in kept if k != b)) for b in kept[1:]}
+        block = min(trials, key=lambda b: (trials[b][0], -b))
+        kept.remove(block)
+        order.append(block)
+        after.append(trials[block])
+    return order, after

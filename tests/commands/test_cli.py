@@ -138,8 +138,13 @@ def test_importance_writes_json_into_the_model_directory(tmp_path, capsys):
     assert "importance over 2 samples" in capsys.readouterr().out
     data = json.loads((model_dir / IMPORTANCE_FILE).read_text())
     assert data["format"] == FORMAT and data["num_samples"] == 2 and data["split"] == "validation"
-    assert len(data["scores"]) == 16
+    assert len(data["scores"]) == 16 and data["method"] == "loss_increase_greedy_removal"
+    assert sorted(data["removal_order"]) == list(range(1, 16))
     assert EmbeddedVLM.load(model_dir).importance == tuple(data["scores"])
+    other = tmp_path / "loo.json"
+    args = ["importance", "--model_path", str(model_dir), "--num_samples", "1", "--method", "leave_one_out"]
+    assert main([*args, "--output", str(other)]) == 0
+    assert json.loads(other.read_text())["method"] == "loss_increase_leave_one_out"
 
 
 def test_pretrain_embedded_flags_reach_the_config(monkeypatch, tmp_path):

@@ -5,9 +5,11 @@ import torch
 
 from adactrl.data import load_vqa_dataset
 from adactrl.models.embedded import load_importance_scores
+from adactrl.knobs import select_blocks
 from adactrl.models.importance import (
     FORMAT,
-    METHOD,
+    GREEDY,
+    LEAVE_ONE_OUT,
     ImportanceScores,
     answer_nll,
     compute_importance,
@@ -17,6 +19,12 @@ from adactrl.models.importance import (
 
 @pytest.fixture(scope="module")
 def scores(tiny_model) -> ImportanceScores:
+    rows = load_vqa_dataset("synthetic", "validation", 3, seed=0)
+    return compute_importance(tiny_model, rows, dataset="synthetic", split="validation", seed=0, method=LEAVE_ONE_OUT)
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny_model) -> ImportanceScores:
     rows = load_vqa_dataset("synthetic", "validation", 3, seed=0)
     return compute_importance(tiny_model, rows, dataset="synthetic", split="validation", seed=0)
 
@@ -57,12 +65,57 @@ def test_json_round_trip(scores, tmp_path):
     path = tmp_path / "sub" / "importance.json"
     scores.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == FORMAT and data["method"] == METHOD
+    assert data["format"] == FORMAT and data["method"] == LEAVE_ONE_OUT and data["removal_order"] == []
     assert data["dataset"] == "synthetic" and data["split"] == "validation" and data["num_samples"] == 3
     assert ImportanceScores(**data) == scores
     assert load_importance_scores(path, 8) == tuple(scores.scores)
     with pytest.raises(ValueError, match="has 8 scores but the model has 16 blocks"):
         load_importance_scores(path, 16)
+
+
+def test_greedy_removal_is_the_default_and_ranks_the_last_removed_first(greedy, scores):
+    assert greedy.method == GREEDY and sorted(greedy.removal_order) == list(range(1, 8))
+    along = [greedy.scores[b] for b in greedy.removal_order]
+    assert all(a < b for a, b in zip(along, along[1:]))
+    assert [b for b in greedy.ranking() if b != 0] == greedy.removal_order[::-1]
+    # The first block removed is the one whose removal alone costs least (a tie removes the later
+    # block), and it scores what leave-one-out gives it; block 0 is scored by leave-one-out too.
+    first = min(range(1, 8), key=lambda b: (scores.scores[b], -b))
+    assert greedy.removal_order[0] == first
+    assert greedy.scores[first] == pytest.approx(scores.scores[first], rel=1e-6, abs=1e-9)
+    assert greedy.scores[0] == pytest.approx(scores.scores[0], rel=1e-6)
+    assert greedy.base_nll == pytest.approx(scores.base_nll)
+
+
+@pytest.mark.parametrize("num_blocks", [2, 5, 7])
+def test_greedy_scores_make_plans_run_the_blocks_the_search_kept(greedy, num_blocks):
+    dropped = set(greedy.removal_order[: 8 - num_blocks])
+    assert select_blocks(greedy.scores, num_blocks, 1) == tuple(b for b in range(8) if b not in dropped)
+
+
+def test_greedy_accuracy_drop_is_measured_once_the_block_is_gone(tiny_model, greedy):
+    rows = load_vqa_dataset("synthetic", "validation", 3, seed=0)
+    second = greedy.removal_order[1]
+    kept = tuple(b for b in range(8) if b not in greedy.removal_order[:2])
+    hits = []
+    for row in rows:
+        image = tiny_model.project(tiny_model.encode_vision(tiny_model.preprocess(row["image"], "high")))
+        prefix = torch.cat([image, tiny_model.embed_tokens(tiny_model.tokenize(row["question"]))])[None]
+        target = torch.cat([tiny_model.tokenize(row["answer"]), torch.tensor([tiny_model.eos_token_id])])
+        hits.append(answer_nll(tiny_model, prefix, target, kept)[1])
+    assert greedy.accuracy_drop[second] == pytest.approx(greedy.base_accuracy - sum(hits) / 3)
+
+
+def test_greedy_json_round_trip(greedy, tmp_path):
+    greedy.save(tmp_path / "importance.json")
+    data = json.loads((tmp_path / "importance.json").read_text())
+    assert data["method"] == GREEDY and ImportanceScores(**data) == greedy
+
+
+def test_unknown_importance_method_is_refused(tiny_model):
+    rows = load_vqa_dataset("synthetic", "validation", 1, seed=0)
+    with pytest.raises(ValueError, match="unknown importance method 'random'; choose one of"):
+        compute_importance(tiny_model, rows, dataset="synthetic", split="validation", seed=0, method="random")
 
 
 def test_missing_importance_file_names_it(tmp_path):
