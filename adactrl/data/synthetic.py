@@ -5,7 +5,8 @@ Six question families, each testing a different ability:
 - `color`, `shape`: about one big object, visible even in the quarter-resolution global view (easy).
 - `count`, `exists`: composition over several objects (counting, colour-and-shape conjunction).
 - `position`: whether one object lies in the left or the right third of the image.
-- `digit`: a 3x5-pixel glyph drawn at native scale, legible only in the full-resolution crops.
+- `digit`: a 3x5-pixel glyph drawn at native scale with balancing ink beside it, so that every
+  digit looks the same in the global view: legible only in the high-resolution crops.
 
 Every question is drawn from its own generator, `numpy.random.default_rng([seed, split_index, i])`,
 so a config always gives byte-identical images and any question can be rebuilt on its own.
@@ -62,7 +63,18 @@ full-resolution crops start on that grid (offsets 0, 12, 24) and the vision patc
 so there a glyph always sits inside one patch column, cut the same way. The global view's 4x
 downsampling averages its three columns into one pixel and the medium crops' 0.8x resampling
 blurs it; what survives is how much ink each averaged pixel holds, which still tells some digits
-apart (the shipped model reads 0.64 of digits at the low tier, 1.0 at the high tier)."""
+apart (a model trained without balancing ink read 0.67 of digits at the low tier), so every box
+also gets `balancing_ink`."""
+_BALANCE_ROOM: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((1, 1), (2, 1), (3, 1), (4, 1), (1, 2), (1, 3), (1, 4)),  # the cell over glyph rows 0-2
+    ((1, 5), (1, 6), (1, 7), (2, 7), (3, 7), (4, 7)),  # the cell over glyph rows 3-4
+)
+"""Paper pixels (x, y) of the box, in the two 4x4 grid cells that hold the glyph, where
+balancing ink may go: the paper column left of the glyph and the paper rows above and below it."""
+_GLYPH_ROWS_PER_CELL = ((0, 3), (3, 5))
+"""Glyph rows (start, end) that fall in each of those two cells."""
+_BALANCED_INK = (8, 5)
+"""Inked pixels per cell once balanced: the most any digit's glyph puts there (8 and 0, 6, 8)."""
 
 _QUESTIONS: dict[str, str] = {
     "color": "what color is the big {shape} ?",
@@ -213,6 +225,23 @@ def digit_box_pattern(digit: str) -> np.ndarray:
     box[1:-1, 1:-1] = False
     box[2:-2, 2:-2] = glyph
     return box
+
+
+def balancing_ink(digit: str, rng: np.random.Generator) -> np.ndarray:
+    """Extra ink for the digit box: bool [DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH].
+
+    Random paper pixels beside the glyph, in each of the two 4x4 grid cells that hold it, bring
+    that cell's inked pixels to the same count for every digit. The global view averages each
+    such cell into one pixel, so at the low tier all ten digits look alike; the glyph's own
+    pixels are untouched and read as before in the native-resolution crops."""
+    glyph = np.array([[c == "#" for c in row] for row in GLYPHS[digit]])  # [5, 3]
+    extra = np.zeros((DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH), dtype=bool)
+    for room, (start, end), total in zip(_BALANCE_ROOM, _GLYPH_ROWS_PER_CELL, _BALANCED_INK):
+        chosen = rng.choice(len(room), size=total - int(glyph[start:end].sum()), replace=False)
+        for i in chosen:
+            x, y = room[int(i)]
+            extra[y, x] = True
+    return extra
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
@@ -397,7 +426,7 @@ def _render(
     if scene.digit is not None:
         digit_box = boxes.pop(0)
         left, top, right, bottom = digit_box
-        ink = digit_box_pattern(scene.digit)[..., None]  # [h, w, 1]
+        ink = (digit_box_pattern(scene.digit) | balancing_ink(scene.digit, rng))[..., None]  # [h, w, 1]
         pixels[top:bottom, left:right] = np.where(ink, _INK, _PAPER)
 
     image = Image.fromarray(pixels)

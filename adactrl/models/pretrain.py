@@ -124,7 +124,7 @@ def curriculum(step: int, config: PretrainConfig) -> Stage:
        slot's probability rises linearly to `budget_slot_prob` over the first
        `slot_ramp_fraction` of the stage.
 
-    With the default settings stages 1 and 2 are empty (see `PretrainConfig`).
+    The defaults (see `PretrainConfig`) spend 15%, 10% and 10% of the steps on stages 1-3.
     """
     ends = np.cumsum([config.reasoning_low_fraction, config.reasoning_fraction, config.warm_fraction]) * config.steps
     reasoning = (REASONING_FAMILIES, np.full(len(REASONING_FAMILIES), 1 / len(REASONING_FAMILIES)), 0.0)

@@ -17,26 +17,26 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
-    reasoning_low_fraction: float = 0.0
+    reasoning_low_fraction: float = 0.15
     """Leading share of main steps on the reasoning families alone (count, exists, position)
     at the cheapest tier, every block, no budget slot (stage 1 of `curriculum`; 0 = skip)."""
-    reasoning_fraction: float = 0.0
+    reasoning_fraction: float = 0.1
     """Next share of main steps on the reasoning families alone at every tier (stage 2)."""
-    warm_fraction: float = 0.25
+    warm_fraction: float = 0.1
     """Next share of main steps on all families with every block at the default top-k, mostly
     cheap tiers and no budget slot (stage 3), before knobs are drawn at random (stage 4)."""
-    reasoning_weight: float = 1.0
+    reasoning_weight: float = 2.0
     """How much more often than each easy family a reasoning family is drawn in stages 3-4."""
     full_plan_fraction: float = 0.35
     """Share of random-knob steps run with every block at the default top-k (at a random
     tier); the rest draw top-k, insertion and blocks at random."""
-    rising_knob_weights: bool = False
+    rising_knob_weights: bool = True
     """Draw top-k and the block count with weights 1..n from the cheapest value up, instead of
     uniformly, in the random-knob stage."""
-    slot_ramp_fraction: float = 0.0
+    slot_ramp_fraction: float = 0.2
     """Leading share of the random-knob stage over which the budget slot's probability rises
     linearly from 0 to `budget_slot_prob` (0 = at full probability at once)."""
-    stem_self_only: bool = False
+    stem_self_only: bool = True
     """Build the model with a per-token block 0 (`EmbeddedConfig.stem_self_only`)."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the

@@ -17,7 +17,17 @@ from adactrl.data import (
     load_vqa_dataset,
     make_synthetic_vqa,
 )
-from adactrl.data.synthetic import COLORS, DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH, DIGIT_GRID, DIGITS, digit_box_pattern
+from PIL import Image
+
+from adactrl.data.synthetic import (
+    COLORS,
+    DIGIT_BOX_HEIGHT,
+    DIGIT_BOX_WIDTH,
+    DIGIT_GRID,
+    DIGITS,
+    balancing_ink,
+    digit_box_pattern,
+)
 from adactrl.models.preprocessing import CropConfig, crop_boxes
 
 
@@ -73,13 +83,16 @@ def test_families_are_round_robin_and_tokens_in_vocabulary():
 def test_digit_glyph_is_drawn_at_native_resolution():
     patterns = {d: digit_box_pattern(d) for d in DIGITS}
     assert len({p.tobytes() for p in patterns.values()}) == len(DIGITS)
+    # Balancing ink may go on these paper pixels; every other pixel of the box is the pattern.
+    room = np.any([balancing_ink("1", np.random.default_rng(i)) for i in range(200)], axis=0)
+    fixed = ~room  # [h, w]
     high_crops = crop_boxes(CropConfig(image_size=IMAGE_SIZE), "high")
     for sample in _samples("digit", 20):
         pixels = np.asarray(sample.image, dtype=np.float32)  # [H, W, 3]
         # The ink is near black; the paper, the background and every object colour are lighter.
         dark = pixels.mean(axis=2) < 60  # [H, W]
         windows = np.lib.stride_tricks.sliding_window_view(dark, (DIGIT_BOX_HEIGHT, DIGIT_BOX_WIDTH))
-        matches = {d: np.argwhere((windows == p).all(axis=(2, 3))) for d, p in patterns.items()}  # [M, 2]
+        matches = {d: np.argwhere((windows == p)[..., fixed].all(axis=2)) for d, p in patterns.items()}  # [M, 2]
         assert {d: len(m) for d, m in matches.items() if len(m)} == {sample.answer: 1}
         top, left = matches[sample.answer][0]
         box = (left, top, left + DIGIT_BOX_WIDTH, top + DIGIT_BOX_HEIGHT)
@@ -88,6 +101,31 @@ def test_digit_glyph_is_drawn_at_native_resolution():
         # The sample reports where it drew the box; the glyph starts 1 px past a 4 px grid line.
         assert sample.digit_box == tuple(int(v) for v in box) and sample.digit == sample.answer
         assert (box[0] + 2) % DIGIT_GRID == 1 and (box[1] + 2) % DIGIT_GRID == 1
+
+
+@pytest.mark.parametrize("digit", DIGITS)
+def test_balancing_ink_fills_only_paper_and_evens_out_each_grid_cell(digit):
+    pattern = digit_box_pattern(digit)
+    paper = np.zeros_like(pattern)
+    paper[1:-1, 1:-1] = ~pattern[1:-1, 1:-1]
+    for seed in range(20):
+        extra = balancing_ink(digit, np.random.default_rng(seed))
+        assert not (extra & ~paper).any(), "balancing ink only goes on the box's paper"
+        ink = pattern | extra
+        # The glyph's two grid cells: box columns 1-4, box rows 1-4 and 5-8.
+        assert (ink[1:5, 1:5].sum(), ink[5:9, 1:5].sum()) == (8, 9)
+
+
+def test_digits_look_alike_in_the_global_view():
+    """The low tier's 4x shrunk view shows every digit box the same way."""
+    cells = {}
+    for i in range(60):
+        sample = generate_sample(np.random.default_rng([6, i]), "digit")
+        shrunk = np.asarray(sample.image.resize((IMAGE_SIZE // 4,) * 2, Image.Resampling.BOX), dtype=np.float32)
+        left, top = sample.digit_box[0] + 1, sample.digit_box[1] + 1  # the glyph's cells start here
+        cells.setdefault(sample.digit, set()).add(shrunk[top // 4 : top // 4 + 2, left // 4].tobytes())
+    assert len(cells) == len(DIGITS)
+    assert len(set().union(*cells.values())) == 1
 
 
 @pytest.mark.parametrize("family", FAMILIES)

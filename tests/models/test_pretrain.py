@@ -37,8 +37,17 @@ def test_pretrain_is_deterministic_by_seed(tmp_path):
 CURRICULUM = dict(reasoning_low_fraction=0.15, reasoning_fraction=0.1, warm_fraction=0.1, reasoning_weight=2.0)
 
 
-def test_the_default_schedule_is_a_warm_quarter_then_random_knobs():
+def test_the_default_schedule_is_the_curriculum_of_the_shipped_model():
     config = PretrainConfig(output_dir="unused", steps=100)
+    names = [curriculum(step, config).name for step in range(100)]
+    assert names == ["reasoning-low"] * 15 + ["reasoning"] * 10 + ["warm"] * 10 + ["random-knobs"] * 65
+    assert config.rising_knob_weights and config.stem_self_only
+    assert [curriculum(step, config).slot_prob for step in (34, 35, 99)] == [0.0, config.budget_slot_prob / 13, 0.5]
+
+
+def test_a_plain_schedule_is_a_warm_share_then_random_knobs():
+    config = PretrainConfig(output_dir="unused", steps=100, reasoning_low_fraction=0, reasoning_fraction=0,
+                            warm_fraction=0.25, reasoning_weight=1.0, slot_ramp_fraction=0.0)  # fmt: skip
     names = [curriculum(step, config).name for step in range(100)]
     assert names == ["warm"] * 25 + ["random-knobs"] * 75
     assert {tuple(curriculum(step, config).family_probs) for step in (0, 50)} == {(1 / 6,) * 6}

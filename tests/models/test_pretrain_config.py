@@ -16,7 +16,7 @@ from adactrl.models.pretrain_config import PretrainConfig
         ({"full_plan_fraction": -0.1}, "are probabilities in"),
         ({"warm_fraction": 1.5}, r"slot_ramp_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
         ({"slot_ramp_fraction": -0.5}, "are probabilities in"),
-        ({"reasoning_low_fraction": 0.6, "reasoning_fraction": 0.5}, "= 1.35 exceeds 1; .* lower one of them"),
+        ({"reasoning_low_fraction": 0.6, "reasoning_fraction": 0.5}, "= 1.2 exceeds 1; .* lower one of them"),
         ({"reasoning_weight": 0.0}, "reasoning_weight must be positive"),
     ],
 )
