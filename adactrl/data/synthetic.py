@@ -74,7 +74,8 @@ balancing ink may go: the paper column left of the glyph and the paper rows abov
 _GLYPH_ROWS_PER_CELL = ((0, 3), (3, 5))
 """Glyph rows (start, end) that fall in each of those two cells."""
 _BALANCED_INK = (8, 5)
-"""Inked pixels per cell once balanced: the most any digit's glyph puts there (8 and 0, 6, 8)."""
+"""Glyph pixels per cell once balanced: the most any digit puts there (8 in the upper cell, for
+8 and 9; 5 in the lower, for 0, 6 and 8). The lower cell also holds 4 px of the box border."""
 
 _QUESTIONS: dict[str, str] = {
     "color": "what color is the big {shape} ?",
