@@ -25,9 +25,9 @@ from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_fron
 
 # Which families each knob should hurt when lowered alone.
 KNOB_FAMILIES = {
-    "tier": ("digit",),
-    "top_k": ("count", "exists", "position"),
-    "num_blocks": ("count", "exists", "position"),
+    "tier": ("digit", "parity"),
+    "top_k": ("count", "exists", "position", "same_color"),
+    "num_blocks": ("count", "exists", "position", "same_color"),
 }
 
 

@@ -1,12 +1,17 @@
 """A procedurally generated VQA set on which the knobs trade accuracy for latency.
 
-Six question families, each testing a different ability:
+Eight question families, each testing a different ability:
 
 - `color`, `shape`: about one big object, visible even in the quarter-resolution global view (easy).
 - `count`, `exists`: composition over several objects (counting, colour-and-shape conjunction).
 - `position`: whether one object lies in the left or the right third of the image.
+- `same_color`: whether the two big objects share a colour. Attention can gather both colours in
+  one read, but no linear function of that mixture tells "one colour twice" from "two colours
+  once each": the answer needs computation after the read (an expert, or a further hop).
 - `digit`: a 3x5-pixel glyph drawn at native scale with balancing ink beside it, so that every
   digit looks the same in the global view: legible only in the high-resolution crops.
+- `parity`: whether that digit is odd or even: the same fine detail, then one step of reasoning
+  about what was read.
 
 Every question is drawn from its own generator, `numpy.random.default_rng([seed, split_index, i])`,
 so a config always gives byte-identical images and any question can be rebuilt on its own.
@@ -25,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 48
-FAMILIES: tuple[str, ...] = ("color", "shape", "count", "exists", "position", "digit")
+FAMILIES: tuple[str, ...] = ("color", "shape", "count", "exists", "position", "same_color", "digit", "parity")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 NUM_ANSWERS = 10
 QUESTION_ID_STRIDE = 10_000_000
@@ -83,9 +88,11 @@ _QUESTIONS: dict[str, str] = {
     "count": "how many {color} objects are there ?",
     "exists": "is there {article} {color} {shape} ?",
     "position": "is the {color} {shape} on the left or the right ?",
+    "same_color": "are the two big objects the same color ?",
     "digit": "what digit is in the box ?",
+    "parity": "is the digit in the box odd or even ?",
 }
-_FILLED_WORDS = (*COLOR_NAMES, *SHAPES, *DIGITS, *NUMBER_WORDS, "a", "an", "yes", "no", "left", "right")
+_FILLED_WORDS = (*COLOR_NAMES, *SHAPES, *DIGITS, *NUMBER_WORDS, "a", "an", "yes", "no", "left", "right", "odd", "even")
 VOCABULARY: tuple[str, ...] = tuple(
     sorted({w for q in _QUESTIONS.values() for w in q.split() if "{" not in w} | set(_FILLED_WORDS))
 )
@@ -336,15 +343,32 @@ def _position_scene(rng: np.random.Generator) -> _Scene:
     return _Scene(question, side, (target, *others))
 
 
+def _same_color_scene(rng: np.random.Generator) -> _Scene:
+    first = _pick(rng, COLOR_NAMES)
+    same = rng.random() < 0.5
+    second = first if same else _pick(rng, [c for c in COLOR_NAMES if c != first])
+    big = [_Thing(_pick(rng, SHAPES), c, _size(rng, _BIG)) for c in (first, second)]
+    # Small distractors of any colour: counting the colours in the image does not answer it.
+    num_small = int(rng.integers(0, 3))
+    small = [_Thing(_pick(rng, SHAPES), _pick(rng, COLOR_NAMES), _size(rng, _SMALL)) for _ in range(num_small)]
+    return _Scene(_QUESTIONS["same_color"], "yes" if same else "no", (*big, *small))
+
+
 def _digit_scene(rng: np.random.Generator) -> _Scene:
     digit = _pick(rng, DIGITS)
     things = _things(rng, _random_pairs(rng, int(rng.integers(1, 4))))
     return _Scene(_QUESTIONS["digit"], digit, things, digit)
 
 
+def _parity_scene(rng: np.random.Generator) -> _Scene:
+    scene = _digit_scene(rng)
+    return _Scene(_QUESTIONS["parity"], "odd" if int(scene.answer) % 2 else "even", scene.things, scene.digit)
+
+
 _SCENES: dict[str, Callable[[np.random.Generator], _Scene]] = {
     "color": _color_scene, "shape": _shape_scene, "count": _count_scene,
-    "exists": _exists_scene, "position": _position_scene, "digit": _digit_scene,
+    "exists": _exists_scene, "position": _position_scene, "same_color": _same_color_scene,
+    "digit": _digit_scene, "parity": _parity_scene,
 }  # fmt: skip
 
 
@@ -450,10 +474,12 @@ def _alternatives(family: str, answer: str) -> tuple[str, ...]:
         case "count":
             n = int(answer)
             return (*(str(m) for m in (n - 1, n + 1) if m >= 0), NUMBER_WORDS[n])
-        case "exists":
+        case "exists" | "same_color":
             return ("no",) if answer == "yes" else ("yes",)
         case "position":
             return ("right",) if answer == "left" else ("left",)
+        case "parity":
+            return ("even",) if answer == "odd" else ("odd",)
         case _:  # digit
             return _CONFUSABLE_DIGITS[answer]
 

@@ -38,7 +38,7 @@ class KnobDraw:
     blocks: tuple[int, ...]
 
 
-REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position")
+REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position", "same_color")
 """The families that compose what several image tokens show; they are learned first."""
 
 

@@ -72,8 +72,8 @@ def test_columns_types_and_majority_answers():
 
 
 def test_families_are_round_robin_and_tokens_in_vocabulary():
-    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=60, seed=1))
-    assert dataset["family"] == list(FAMILIES) * 10
+    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=8 * 8, seed=1))
+    assert dataset["family"] == list(FAMILIES) * 8
     vocabulary = set(VOCABULARY)
     for row in dataset:
         for text in (row["question"], *row["answers"]):
@@ -133,7 +133,7 @@ def test_samples_report_the_objects_they_drew(family):
     for sample in _samples(family, 10):
         pixels = np.asarray(sample.image, dtype=np.int32)  # [H, W, 3]
         assert sample.objects, "every scene draws at least one object"
-        assert (sample.digit_box is not None) == (family == "digit")
+        assert (sample.digit_box is not None) == (family in ("digit", "parity"))
         boxes = [o.box for o in sample.objects] + ([sample.digit_box] if sample.digit_box else [])
         for i, a in enumerate(boxes):
             assert 0 <= a[0] < a[2] <= IMAGE_SIZE and 0 <= a[1] < a[3] <= IMAGE_SIZE
@@ -153,6 +153,25 @@ def test_answer_distributions():
     assert 80 < exists["yes"] < 120
     sides = Counter(s.answer for s in _samples("position", 100))
     assert set(sides) == {"left", "right"}
+    parity = Counter(s.answer for s in _samples("parity", 200))
+    assert set(parity) == {"odd", "even"} and 70 < parity["odd"] < 130
+
+
+def test_same_color_compares_the_two_big_objects():
+    answers = Counter()
+    for sample in _samples("same_color", 100):
+        big = [o for o in sample.objects if o.big]
+        assert len(big) == 2, "exactly two big objects; the rest are small distractors"
+        assert sample.answer == ("yes" if big[0].color == big[1].color else "no")
+        answers[sample.answer] += 1
+    assert 35 < answers["yes"] < 65
+
+
+def test_parity_asks_about_the_digit_drawn():
+    for sample in _samples("parity", 30):
+        assert sample.question == "is the digit in the box odd or even ?"
+        assert sample.digit is not None and sample.digit_box is not None
+        assert sample.answer == ("odd" if int(sample.digit) % 2 else "even")
 
 
 def test_canonical_answer_is_most_frequent_then_first():

@@ -15,13 +15,13 @@ def _tiny(tmp_path, name: str, **overrides) -> PretrainConfig:
 
 def test_pretrain_runs_both_phases_and_saves_a_loadable_model(tmp_path):
     lines: list[str] = []
-    pretrain(_tiny(tmp_path, "model", eval_questions=6, **CURRICULUM), log=lines.append)  # one question per family
+    pretrain(_tiny(tmp_path, "model", eval_questions=len(FAMILIES), **CURRICULUM), log=lines.append)  # one per family
     assert sum(line.startswith("vision step") for line in lines) == 3  # eval_every=1: every step
     assert "low/pairs_f1" in lines[0] and "medium/pairs_f1" in lines[1] and "high/pairs_f1" in lines[2]  # tiers in turn
     val_lines = [line for line in lines if "val_first_token_acc" in line]
     assert len(val_lines) == 2  # steps 0 and 1
     assert all(f"{family} " in val_lines[0] for family in FAMILIES)  # per-family accuracy
-    assert any("stage reasoning-low: families count/exists/position" in line for line in lines)
+    assert any("stage reasoning-low: families count/exists/position/same_color" in line for line in lines)
     model = EmbeddedVLM.load(tmp_path / "model")
     assert model.config.num_layers == 16 and not model.training
 
@@ -50,7 +50,7 @@ def test_a_plain_schedule_is_a_warm_share_then_random_knobs():
                             warm_fraction=0.25, reasoning_weight=1.0, slot_ramp_fraction=0.0)  # fmt: skip
     names = [curriculum(step, config).name for step in range(100)]
     assert names == ["warm"] * 25 + ["random-knobs"] * 75
-    assert {tuple(curriculum(step, config).family_probs) for step in (0, 50)} == {(1 / 6,) * 6}
+    assert {tuple(curriculum(step, config).family_probs) for step in (0, 50)} == {(1 / len(FAMILIES),) * len(FAMILIES)}
     assert [curriculum(step, config).slot_prob for step in (24, 25)] == [0.0, config.budget_slot_prob]
 
 
