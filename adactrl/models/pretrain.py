@@ -113,7 +113,7 @@ class Stage:
 def curriculum(step: int, config: PretrainConfig) -> Stage:
     """The main phase's stage at `step`, in order:
 
-    1. `reasoning-low` (`reasoning_low_fraction` of the steps): count / exists / position only,
+    1. `reasoning-low` (`reasoning_low_fraction` of the steps): count / exists / position / same_color only,
        the cheapest tier, every block, no budget slot. With 9 image tokens the answer position
        learns to find the objects the question names; at 90 tokens, or beside easy families
        that block 0 answers alone, it never starts (README, "what has been tried").

@@ -18,7 +18,7 @@ class PretrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     reasoning_low_fraction: float = 0.15
-    """Leading share of main steps on the reasoning families alone (count, exists, position)
+    """Leading share of main steps on the reasoning families alone (count, exists, position, same_color)
     at the cheapest tier, every block, no budget slot (stage 1 of `curriculum`; 0 = skip)."""
     reasoning_fraction: float = 0.1
     """Next share of main steps on the reasoning families alone at every tier (stage 2)."""
