@@ -15,9 +15,11 @@ _FLAGS: dict[str, str] = {
     "warm_fraction": "next share on all families at every block and the default top-k, no budget slot",
     "reasoning_weight": "how much more often a reasoning family is drawn than an easy one afterwards",
     "full_plan_fraction": "share of random-knob steps at the full plan; the rest draw knobs at random",
+    "top_k_draw_fraction": "share of the random plans that also draw top-k; the rest keep the default top-k",
     "rising_knob_weights": "draw top-k and block count with weights 1..n from the cheapest value up",
     "slot_ramp_fraction": "share of the random-knob stage over which the budget slot fades in",
     "stem_self_only": "build block 0 as a per-token stem: tokens meet only in blocks the knobs reach",
+    "expert_size": "hidden width of each expert; top-k of them make a block's MLP for one token",
     "dense_weight": "dense-target loss weight in the main phase",
     "max_minutes": "stop early after this wall time",
 }

@@ -43,12 +43,17 @@ REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position", "same_colo
 
 
 def draw_knobs(
-    model: EmbeddedVLM, rng: np.random.Generator, full_plan_fraction: float, rising: bool = False
+    model: EmbeddedVLM,
+    rng: np.random.Generator,
+    full_plan_fraction: float,
+    rising: bool = False,
+    top_k_draw_fraction: float = 1.0,
 ) -> KnobDraw:
     """A random plan; its blocks are a random subset so any importance ranking is covered.
 
     Half the steps use the high tier so the fine-detail questions are seen where they can be
-    answered; the other tiers share the rest. Top-k and the block count are drawn uniformly, or
+    answered; the other tiers share the rest. The block count, and top-k in a share
+    `top_k_draw_fraction` of these plans (the default top-k otherwise), are drawn uniformly, or
     with `rising` with weights 1, 2, ..., n from the cheapest value up (every setting is
     trained, the expensive ones most)."""
     space = model.knob_space
@@ -63,6 +68,8 @@ def draw_knobs(
     else:
         top_k = int(rng.choice(space.top_k_values))
         num_blocks = int(rng.choice(space.num_blocks_values))
+    if top_k_draw_fraction < 1.0 and rng.random() >= top_k_draw_fraction:
+        top_k = space.default_top_k
     later = rng.choice(np.arange(insertion, space.num_layers), size=num_blocks - insertion, replace=False)
     return KnobDraw(tier, insertion, top_k, tuple(sorted([*range(insertion), *map(int, later)])))
 
@@ -100,7 +107,9 @@ class Stage:
             return KnobDraw(space.tiers[0], 1, space.default_top_k, tuple(range(space.num_layers)))
         if self.name in ("reasoning", "warm"):
             return draw_warm_knobs(model, rng)
-        return draw_knobs(model, rng, config.full_plan_fraction, rising=config.rising_knob_weights)
+        return draw_knobs(
+            model, rng, config.full_plan_fraction, config.rising_knob_weights, config.top_k_draw_fraction
+        )
 
     def draw_families(self, rng: np.random.Generator, n: int) -> list[str]:
         # Equal weights draw as the shipped model's recipe did, so its RNG stream (and its
@@ -187,12 +196,17 @@ def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return logits[rows, first].argmax(-1) == labels[rows, first]
 
 
-def build_model(seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False) -> EmbeddedVLM:
+def build_model(
+    seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False, expert_size: int | None = None
+) -> EmbeddedVLM:
     """A fresh model whose blocks start as identities: zeroed attention-output and expert
     down-projections let the 16-block stack learn as fast as a shallow one at first."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer(build_tokenizer(vocabulary))
-    model = EmbeddedVLM(EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only), tokenizer)
+    sizes = {} if expert_size is None else {"expert_size": expert_size}
+    model = EmbeddedVLM(
+        EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only, **sizes), tokenizer
+    )
     for block in model.blocks:
         nn.init.zeros_(block.self_attn.o_proj.weight)
         nn.init.zeros_(block.mlp.experts.down_proj)
@@ -202,7 +216,7 @@ def build_model(seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = F
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> EmbeddedVLM:
     from adactrl.data.synthetic import VOCABULARY
 
-    model = build_model(config.seed, VOCABULARY, config.stem_self_only)
+    model = build_model(config.seed, VOCABULARY, config.stem_self_only, config.expert_size)
     model.train()
     heads = DenseHeads(model.hidden_size)
     rng = np.random.default_rng([config.seed, 17])

@@ -30,6 +30,10 @@ class PretrainConfig:
     full_plan_fraction: float = 0.35
     """Share of random-knob steps run with every block at the default top-k (at a random
     tier); the rest draw top-k, insertion and blocks at random."""
+    top_k_draw_fraction: float = 1.0
+    """Share of the random (not full) plans that also draw top-k; the rest run the default
+    top-k with their random blocks and insertion (1.0 = every random plan, as the shipped
+    model was trained). Lower values train below the default top-k less often."""
     rising_knob_weights: bool = True
     """Draw top-k and the block count with weights 1..n from the cheapest value up, instead of
     uniformly, in the random-knob stage."""
@@ -38,6 +42,9 @@ class PretrainConfig:
     linearly from 0 to `budget_slot_prob` (0 = at full probability at once)."""
     stem_self_only: bool = True
     """Build the model with a per-token block 0 (`EmbeddedConfig.stem_self_only`)."""
+    expert_size: int = 64
+    """Hidden width of each expert (`EmbeddedConfig.expert_size`): top-k of them is the width
+    of a block's MLP for one token."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
@@ -60,12 +67,12 @@ class PretrainConfig:
             raise ValueError("steps and batch_size must be at least 1")
         shares = (
             self.full_plan_fraction, self.reasoning_low_fraction, self.reasoning_fraction, self.warm_fraction,
-            self.slot_ramp_fraction,
+            self.slot_ramp_fraction, self.top_k_draw_fraction,
         )
         if not all(0.0 <= p <= 1.0 for p in (*shares, self.budget_slot_prob)):
             raise ValueError(
                 "full_plan_fraction, reasoning_low_fraction, reasoning_fraction, warm_fraction, "
-                "slot_ramp_fraction and budget_slot_prob are probabilities in [0, 1]"
+                "slot_ramp_fraction, top_k_draw_fraction and budget_slot_prob are probabilities in [0, 1]"
             )
         curriculum = self.reasoning_low_fraction + self.reasoning_fraction + self.warm_fraction
         if curriculum > 1.0:
@@ -73,6 +80,8 @@ class PretrainConfig:
                 f"reasoning_low_fraction + reasoning_fraction + warm_fraction = {curriculum:g} exceeds 1; "
                 "they are shares of the same main steps, so lower one of them"
             )
+        if self.expert_size < 1:
+            raise ValueError(f"expert_size must be at least 1, got {self.expert_size}")
         if self.reasoning_weight <= 0:
             raise ValueError(f"reasoning_weight must be positive, got {self.reasoning_weight}")
         if self.lr <= 0 or self.vision_lr <= 0:

@@ -42,6 +42,8 @@ def test_the_default_schedule_is_the_curriculum_of_the_shipped_model():
     names = [curriculum(step, config).name for step in range(100)]
     assert names == ["reasoning-low"] * 15 + ["reasoning"] * 10 + ["warm"] * 10 + ["random-knobs"] * 65
     assert config.rising_knob_weights and config.stem_self_only
+    shipped = EmbeddedVLM.load().config
+    assert (config.expert_size, config.top_k_draw_fraction) == (shipped.expert_size, 1.0)
     assert [curriculum(step, config).slot_prob for step in (34, 35, 99)] == [0.0, config.budget_slot_prob / 13, 0.5]
 
 
@@ -86,3 +88,16 @@ def test_each_stage_draws_the_knobs_it_promises():
         assert low < top_k.count(space.top_k_values[-1]) / top_k.count(space.top_k_values[0]) < high
         assert low < blocks.count(space.num_blocks_values[-1]) / blocks.count(space.num_blocks_values[0]) < high
         assert all(k.blocks[: k.insertion] == tuple(range(k.insertion)) for k in drawn)  # head blocks always run
+
+
+def test_most_random_plans_keep_the_default_top_k():
+    model, rng = build_model(0, ("unused",), expert_size=4), np.random.default_rng(0)
+    space = model.knob_space
+    assert model.blocks[1].mlp.experts.down_proj.shape[-1] == 4  # the width asked for
+    drawn = [draw_knobs(model, rng, 0.0, rising=True, top_k_draw_fraction=0.25) for _ in range(4000)]
+    lowered = sum(k.top_k < space.default_top_k for k in drawn) / len(drawn)
+    # A quarter of the plans draw top-k, with weights 1..5; four of the five values (weights
+    # 1 + 2 + 3 + 4 = 10 of 15) are below the default: 0.25 * 10 / 15 = 0.167.
+    assert 0.14 < lowered < 0.19
+    assert {len(k.blocks) for k in drawn} == set(space.num_blocks_values)  # the blocks are still drawn every time
+    assert {k.top_k for k in drawn} == set(space.top_k_values)

@@ -14,10 +14,12 @@ from adactrl.models.pretrain_config import PretrainConfig
         ({"vision_steps": -1}, "vision_steps and dense_weight must not be negative"),
         ({"vision_digit_share": 1.5}, r"vision_digit_share is a probability in \[0, 1\]"),
         ({"full_plan_fraction": -0.1}, "are probabilities in"),
-        ({"warm_fraction": 1.5}, r"slot_ramp_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
+        ({"warm_fraction": 1.5}, r"top_k_draw_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
         ({"slot_ramp_fraction": -0.5}, "are probabilities in"),
         ({"reasoning_low_fraction": 0.6, "reasoning_fraction": 0.5}, "= 1.2 exceeds 1; .* lower one of them"),
         ({"reasoning_weight": 0.0}, "reasoning_weight must be positive"),
+        ({"top_k_draw_fraction": 1.2}, r"top_k_draw_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
+        ({"expert_size": 0}, "expert_size must be at least 1, got 0"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):
