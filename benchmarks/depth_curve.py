@@ -1,9 +1,11 @@
 """How much depth and how many experts the embedded model's answers need, past the knob ranges:
 first-answer-token accuracy (teacher-forced, highest tier) with block 0 plus the n - 1 most
-important later blocks (n = 1 .. 16, top-8), then with all 16 blocks at top-k 1 .. 8. Prints a
-table and writes JSON. Leave-one-out importance cannot show work that many blocks share; this can.
+important later blocks (n = 1 .. 16, top-8), then with all 16 blocks at top-k 1 .. 8; then the
+expert probe (`adactrl.models.expert_probe`): the router's experts against rescaled and random
+ones, and the expert output scaled. Prints two tables and writes JSON. Leave-one-out importance
+cannot show work that many blocks share; this can.
 
-    python benchmarks/depth_curve.py --num_questions 192       # 71 s on the 2-core CPU here, alone
+    python benchmarks/depth_curve.py --num_questions 192       # 100 s on the 2-core CPU here, alone
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from adactrl.data import load_vqa_dataset
 from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models.expert_probe import ProbePoint, expert_probe
 from adactrl.models.importance import CurvePoint, depth_curve
 
 
@@ -38,9 +41,12 @@ def main() -> None:
     rows = load_vqa_dataset("synthetic", args.split, args.num_questions, args.seed)
     started = time.perf_counter()
     points = depth_curve(model, rows, model.importance)
+    probe = expert_probe(model, rows, seed=args.seed)
     elapsed = time.perf_counter() - started
-    print_table(points)
-    print(f"{args.num_questions} questions x {len(points)} settings in {elapsed:.0f} s")
+    print_table(f"{'blocks':>6s} {'top_k':>5s}", [f"{p.num_blocks:6d} {p.top_k:5d}" for p in points], points)
+    print()
+    print_table(f"{'routing (blocks 1-15)':24s}", [f"{p.routing:24s}" for p in probe], probe)
+    print(f"{args.num_questions} questions x {len(points) + len(probe)} settings in {elapsed:.0f} s")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     record = {
@@ -50,18 +56,18 @@ def main() -> None:
         "seed": args.seed,
         "elapsed_s": elapsed,
         "points": [asdict(p) for p in points],
+        "expert_probe": [asdict(p) for p in probe],
     }
     output.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {output}")
 
 
-def print_table(points: list[CurvePoint]) -> None:
+def print_table(heading: str, labels: list[str], points: list[CurvePoint] | list[ProbePoint]) -> None:
     families = list(points[0].family_accuracy)
-    print(f"{'blocks':>6s} {'top_k':>5s} {'acc':>6s} {'nll':>6s} " + " ".join(f"{f[:8]:>8s}" for f in families))
-    for p in points:
+    print(f"{heading} {'acc':>6s} {'nll':>6s} " + " ".join(f"{f[:8]:>8s}" for f in families))
+    for label, p in zip(labels, points):
         fam = " ".join(f"{p.family_accuracy[f]:8.2f}" for f in families)
-        print(f"{p.num_blocks:6d} {p.top_k:5d} {p.accuracy:6.3f} {p.nll:6.3f} {fam}")
-
+        print(f"{label} {p.accuracy:6.3f} {p.nll:6.3f} {fam}")
 
 if __name__ == "__main__":
     main()

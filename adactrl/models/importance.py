@@ -88,7 +88,7 @@ def answer_nll(
     return float(nll), bool(logits[0].argmax() == target[0])
 
 
-def _prefix_and_target(model: MoEVLM, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_and_target(model: MoEVLM, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """A row at the highest tier -> prefix [1, L, d] and answer ids ending with EOS."""
     image_tokens = model.project(model.encode_vision(model.preprocess(row["image"], model.knob_space.tiers[-1])))
     prefix = torch.cat([image_tokens, model.embed_tokens(model.tokenize(row["question"]))]).unsqueeze(0)
@@ -120,7 +120,7 @@ def depth_curve(model: MoEVLM, rows: Iterable[dict], importance: list[float] | t
     hits: list[dict[str, list[bool]]] = [{} for _ in settings]
     count = 0
     for row in rows:
-        prefix, target = _prefix_and_target(model, row)
+        prefix, target = prefix_and_target(model, row)
         count += 1
         for i, (blocks, top_k) in enumerate(settings):
             nll_i, hit = answer_nll(model, prefix, target, blocks, top_k)
@@ -154,7 +154,7 @@ def compute_importance(
     """rows: dicts with 'image' (PIL), 'question' and 'answer' (the reference answer)."""
     if method not in METHODS:
         raise ValueError(f"unknown importance method {method!r}; choose one of {list(METHODS)}")
-    samples = [_prefix_and_target(model, row) for row in rows]
+    samples = [prefix_and_target(model, row) for row in rows]
     if not samples:
         raise ValueError("no samples to score importance on; pass at least one question")
     all_blocks = tuple(range(model.knob_space.num_layers))

@@ -1,0 +1,151 @@
+"""Do the experts divide each token's work, or does each expert do all of it?
+
+Lowering top-k can only cost accuracy if the experts a token drops held work the ones it keeps
+cannot do. `expert_probe` measures that on the embedded model by changing the routing of every
+block the top-k knob reaches (blocks 1..L-1; block 0 keeps its default routing):
+
+- `top`: the router's k best experts with their softmax weights (what the knob does);
+- `rescaled`: the same experts, weights scaled up to the mass the default top-k carries, so
+  only *which* experts run changes, not how large their sum is;
+- `random`: k experts drawn at random per token, rescaled the same way: if these answer as
+  well as the router's choice, the experts are interchangeable;
+- `scaled`: the default routing with every expert output multiplied by a factor (0 turns the
+  experts off), which shows how much the answers depend on the size of the expert sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.olmoe.modeling_olmoe import OlmoeTopKRouter
+
+from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models.importance import prefix_and_target, answer_nll
+
+MODES = ("top", "rescaled", "random", "scaled")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One way to route the knob-reachable blocks."""
+
+    mode: str
+    top_k: int
+    scale: float = 1.0
+    """Factor on every expert output (mode `scaled` only)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown routing mode {self.mode!r}; choose one of {list(MODES)}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.scale < 0 or (self.mode != "scaled" and self.scale != 1.0):
+            raise ValueError("scale is a non-negative factor, and only mode 'scaled' takes one")
+
+    @property
+    def name(self) -> str:
+        if self.mode == "scaled":
+            return f"top-{self.top_k} output x{self.scale:g}"
+        return {"top": f"top-{self.top_k}", "rescaled": f"top-{self.top_k} rescaled"}.get(
+            self.mode, f"random {self.top_k}"
+        )
+
+
+def default_routings(default_top_k: int) -> tuple[Routing, ...]:
+    k, half = default_top_k, max(1, default_top_k // 2)
+    return (
+        Routing("top", k), Routing("top", half), Routing("top", 1),
+        Routing("rescaled", half), Routing("rescaled", 1),
+        Routing("random", k), Routing("random", half),
+        *(Routing("scaled", k, s) for s in (0.0, 0.25, 0.5, 2.0)),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbePoint:
+    """First-answer-token accuracy and answer NLL (teacher-forced, highest tier) under one routing."""
+
+    routing: str
+    accuracy: float
+    nll: float
+    family_accuracy: dict[str, float]
+
+
+def route(
+    probs: torch.Tensor, routing: Routing, default_top_k: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """probs: [T, E] router softmax -> (weights [T, k], expert indices [T, k])."""
+    if routing.mode == "random":
+        indices = torch.rand(probs.shape, generator=generator).argsort(dim=-1)[:, : routing.top_k]  # [T, k]
+        weights = probs.gather(-1, indices)
+    else:
+        weights, indices = torch.topk(probs, routing.top_k, dim=-1)  # [T, k]
+    if routing.mode in ("rescaled", "random"):
+        default_mass = torch.topk(probs, default_top_k, dim=-1).values.sum(-1, keepdim=True)  # [T, 1]
+        weights = weights * default_mass / weights.sum(-1, keepdim=True)
+    return weights, indices
+
+
+@contextmanager
+def routed(model: EmbeddedVLM, routing: Routing, seed: int = 0) -> Iterator[None]:
+    """Inside the block, blocks 1..L-1 of `model` route by `routing`; restored on exit."""
+    gates = [block.mlp.gate for block in model.blocks[1:]]
+    if not all(isinstance(gate, OlmoeTopKRouter) for gate in gates):
+        raise TypeError("expert_probe needs OLMoE routers (the embedded model); this model has none")
+    if routing.top_k > gates[0].num_experts:
+        raise ValueError(f"top_k {routing.top_k} exceeds the {gates[0].num_experts} experts per block")
+    generator = torch.Generator().manual_seed(seed)
+    default_top_k = model.knob_space.default_top_k
+
+    def forward(gate: OlmoeTopKRouter, hidden: torch.Tensor):
+        hidden = hidden.reshape(-1, gate.hidden_dim)  # [T, d]
+        logits = F.linear(hidden, gate.weight)  # [T, E]
+        probs = F.softmax(logits, dtype=torch.float, dim=-1)
+        weights, indices = route(probs, routing, default_top_k, generator)
+        return logits, weights.to(logits.dtype), indices
+
+    hooks = []
+    for block, gate in zip(model.blocks[1:], gates):
+        gate.forward = forward.__get__(gate)
+        if routing.mode == "scaled":
+            hooks.append(block.mlp.register_forward_hook(lambda _m, _i, out: out * routing.scale))
+    try:
+        yield
+    finally:
+        for gate in gates:
+            del gate.forward
+        for hook in hooks:
+            hook.remove()
+
+
+@torch.inference_mode()
+def expert_probe(
+    model: EmbeddedVLM, rows: Iterable[dict], routings: Iterable[Routing] | None = None, seed: int = 0
+) -> list[ProbePoint]:
+    """rows: dicts with 'image', 'question', 'answer' and 'family'; every block runs."""
+    routings = tuple(routings or default_routings(model.knob_space.default_top_k))
+    samples = [(prefix_and_target(model, row), row["family"]) for row in rows]
+    if not samples:
+        raise ValueError("no samples for the expert probe; pass at least one question")
+    every_block = tuple(range(model.knob_space.num_layers))
+    points = []
+    for routing in routings:
+        nll, hits = 0.0, {}
+        with routed(model, routing, seed):
+            for (prefix, target), family in samples:
+                nll_i, hit = answer_nll(model, prefix, target, every_block)
+                nll += nll_i
+                hits.setdefault(family, []).append(hit)
+        points.append(
+            ProbePoint(
+                routing=routing.name,
+                accuracy=sum(sum(h) for h in hits.values()) / len(samples),
+                nll=nll / len(samples),
+                family_accuracy={f: sum(h) / len(h) for f, h in sorted(hits.items())},
+            )
+        )
+    return points
