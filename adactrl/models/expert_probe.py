@@ -92,7 +92,7 @@ def route(
 
 @contextmanager
 def routed(model: EmbeddedVLM, routing: Routing, seed: int = 0) -> Iterator[None]:
-    """Inside the block, blocks 1..L-1 of `model` route by `routing`; restored on exit."""
+    """Inside the `with` statement, blocks 1..L-1 of `model` route by `routing`; restored on exit."""
     gates = [block.mlp.gate for block in model.blocks[1:]]
     if not all(isinstance(gate, OlmoeTopKRouter) for gate in gates):
         raise TypeError("expert_probe needs OLMoE routers (the embedded model); this model has none")
