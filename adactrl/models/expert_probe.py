@@ -50,9 +50,9 @@ class Routing:
     def name(self) -> str:
         if self.mode == "scaled":
             return f"top-{self.top_k} output x{self.scale:g}"
-        return {"top": f"top-{self.top_k}", "rescaled": f"top-{self.top_k} rescaled"}.get(
-            self.mode, f"random {self.top_k}"
-        )
+        if self.mode == "random":
+            return f"random {self.top_k}"
+        return f"top-{self.top_k}" + (" rescaled" if self.mode == "rescaled" else "")
 
 
 def default_routings(default_top_k: int) -> tuple[Routing, ...]:

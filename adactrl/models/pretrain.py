@@ -197,16 +197,14 @@ def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def build_model(
-    seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False, expert_size: int | None = None
+    seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False, expert_size: int = EmbeddedConfig.expert_size
 ) -> EmbeddedVLM:
     """A fresh model whose blocks start as identities: zeroed attention-output and expert
     down-projections let the 16-block stack learn as fast as a shallow one at first."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer(build_tokenizer(vocabulary))
-    sizes = {} if expert_size is None else {"expert_size": expert_size}
-    model = EmbeddedVLM(
-        EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only, **sizes), tokenizer
-    )
+    config = EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only, expert_size=expert_size)
+    model = EmbeddedVLM(config, tokenizer)
     for block in model.blocks:
         nn.init.zeros_(block.self_attn.o_proj.weight)
         nn.init.zeros_(block.mlp.experts.down_proj)
