@@ -20,6 +20,7 @@ _FLAGS: dict[str, str] = {
     "slot_ramp_fraction": "share of the random-knob stage over which the budget slot fades in",
     "stem_self_only": "build block 0 as a per-token stem: tokens meet only in blocks the knobs reach",
     "expert_size": "hidden width of each expert; top-k of them make a block's MLP for one token",
+    "num_experts": "experts per block; the default top-k (8) of them run per token",
     "dense_weight": "dense-target loss weight in the main phase",
     "max_minutes": "stop early after this wall time",
 }

@@ -197,13 +197,19 @@ def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
 
 
 def build_model(
-    seed: int, vocabulary: tuple[str, ...], stem_self_only: bool = False, expert_size: int = EmbeddedConfig.expert_size
+    seed: int,
+    vocabulary: tuple[str, ...],
+    stem_self_only: bool = False,
+    expert_size: int = EmbeddedConfig.expert_size,
+    num_experts: int = EmbeddedConfig.num_experts,
 ) -> EmbeddedVLM:
     """A fresh model whose blocks start as identities: zeroed attention-output and expert
     down-projections let the 16-block stack learn as fast as a shallow one at first."""
     torch.manual_seed(seed)
     tokenizer = WordTokenizer(build_tokenizer(vocabulary))
-    config = EmbeddedConfig(vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only, expert_size=expert_size)
+    config = EmbeddedConfig(
+        vocab_size=tokenizer.vocab_size, stem_self_only=stem_self_only, expert_size=expert_size, num_experts=num_experts
+    )
     model = EmbeddedVLM(config, tokenizer)
     for block in model.blocks:
         nn.init.zeros_(block.self_attn.o_proj.weight)
@@ -214,7 +220,7 @@ def build_model(
 def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> EmbeddedVLM:
     from adactrl.data.synthetic import VOCABULARY
 
-    model = build_model(config.seed, VOCABULARY, config.stem_self_only, config.expert_size)
+    model = build_model(config.seed, VOCABULARY, config.stem_self_only, config.expert_size, config.num_experts)
     model.train()
     heads = DenseHeads(model.hidden_size)
     rng = np.random.default_rng([config.seed, 17])

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+DEFAULT_TOP_K = 8
+"""`EmbeddedConfig.top_k`, repeated here so this module stays free of torch."""
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Settings of `adactrl pretrain-embedded`. Defaults reproduce the shipped model."""
@@ -45,6 +49,9 @@ class PretrainConfig:
     expert_size: int = 64
     """Hidden width of each expert (`EmbeddedConfig.expert_size`): top-k of them is the width
     of a block's MLP for one token."""
+    num_experts: int = 16
+    """Experts per block (`EmbeddedConfig.num_experts`); the default top-k (8) of them run per
+    token, so it must be at least 8."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
@@ -82,6 +89,8 @@ class PretrainConfig:
             )
         if self.expert_size < 1:
             raise ValueError(f"expert_size must be at least 1, got {self.expert_size}")
+        if self.num_experts < DEFAULT_TOP_K:
+            raise ValueError(f"num_experts must be at least the default top-k {DEFAULT_TOP_K}, got {self.num_experts}")
         if self.reasoning_weight <= 0:
             raise ValueError(f"reasoning_weight must be positive, got {self.reasoning_weight}")
         if self.lr <= 0 or self.vision_lr <= 0:

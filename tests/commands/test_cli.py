@@ -160,6 +160,6 @@ def test_pretrain_embedded_flags_reach_the_config(monkeypatch, tmp_path):
     assert (config.steps, config.warm_fraction, config.full_plan_fraction, config.max_minutes) == (7, 0.3, 0.5, 2.0)
     assert not config.rising_knob_weights and not config.stem_self_only and config.slot_ramp_fraction == 0.2
     assert config.vision_steps == pretrain_module.PretrainConfig.vision_steps  # unset flags keep the defaults
-    assert main([*args, "--expert_size", "8", "--top_k_draw_fraction", "0.25"]) == 0
-    assert (seen["config"].expert_size, seen["config"].top_k_draw_fraction) == (8, 0.25)
+    assert main([*args, "--expert_size", "8", "--num_experts", "32", "--top_k_draw_fraction", "0.25"]) == 0
+    assert (seen["config"].expert_size, seen["config"].num_experts, seen["config"].top_k_draw_fraction) == (8, 32, 0.25)
     assert seen["importance"][0] == str(tmp_path)

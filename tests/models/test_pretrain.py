@@ -43,7 +43,9 @@ def test_the_default_schedule_is_the_curriculum_of_the_shipped_model():
     assert names == ["reasoning-low"] * 15 + ["reasoning"] * 10 + ["warm"] * 10 + ["random-knobs"] * 65
     assert config.rising_knob_weights and config.stem_self_only
     shipped = EmbeddedVLM.load().config
-    assert (config.expert_size, config.top_k_draw_fraction) == (shipped.expert_size, 1.0)
+    assert (config.expert_size, config.num_experts, config.top_k_draw_fraction) == (
+        shipped.expert_size, shipped.num_experts, 1.0
+    )
     assert [curriculum(step, config).slot_prob for step in (34, 35, 99)] == [0.0, config.budget_slot_prob / 13, 0.5]
 
 
@@ -91,9 +93,9 @@ def test_each_stage_draws_the_knobs_it_promises():
 
 
 def test_most_random_plans_keep_the_default_top_k():
-    model, rng = build_model(0, ("unused",), expert_size=4), np.random.default_rng(0)
+    model, rng = build_model(0, ("unused",), expert_size=4, num_experts=12), np.random.default_rng(0)
     space = model.knob_space
-    assert model.blocks[1].mlp.experts.down_proj.shape[-1] == 4  # the width asked for
+    assert model.blocks[1].mlp.experts.down_proj.shape[::2] == (12, 4)  # the experts and width asked for
     drawn = [draw_knobs(model, rng, 0.0, rising=True, top_k_draw_fraction=0.25) for _ in range(4000)]
     lowered = sum(k.top_k < space.default_top_k for k in drawn) / len(drawn)
     # A quarter of the plans draw top-k, with weights 1..5; four of the five values (weights
