@@ -2,9 +2,9 @@ import numpy as np
 import torch
 
 from adactrl.data.synthetic import FAMILIES
-from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
 from adactrl.models.pretrain import REASONING_FAMILIES, build_model, curriculum, draw_knobs, pretrain
-from adactrl.models.pretrain_config import PretrainConfig
+from adactrl.models.pretrain_config import DEFAULT_TOP_K, PretrainConfig
 
 
 def _tiny(tmp_path, name: str, **overrides) -> PretrainConfig:
@@ -46,6 +46,7 @@ def test_the_default_schedule_is_the_curriculum_of_the_shipped_model():
     assert (config.expert_size, config.num_experts, config.top_k_draw_fraction) == (
         shipped.expert_size, shipped.num_experts, 1.0
     )
+    assert DEFAULT_TOP_K == EmbeddedConfig.top_k == shipped.top_k  # the torch-free copy keeps up
     assert [curriculum(step, config).slot_prob for step in (34, 35, 99)] == [0.0, config.budget_slot_prob / 13, 0.5]
 
 
