@@ -149,3 +149,95 @@ def expert_probe(
             )
         )
     return points
+
+
+@dataclass(frozen=True)
+class BlockAgreement:
+    """How the experts of one block share a token's update, averaged over every token.
+
+    Cosines compare output vectors; the sums are weighted by the router's softmax as the block
+    runs them (top-k of the default k, no renormalisation)."""
+
+    block: int
+    pair_cosine: float
+    """Between two different experts of the same token's default top-k (copies would give 1)."""
+    half_cosine: float
+    """Between the sum of the top k/2 and the sum of the top k (what top-k = k/2 changes)."""
+    half_norm: float
+    """|top-k/2 sum| / |top-k sum|."""
+    top1_cosine: float
+    """Between the router's best expert alone and the top-k sum."""
+    random_cosine: float
+    """Between an expert drawn at random per token and the top-k sum."""
+    update_share: float
+    """|top-k sum| / |hidden state entering the block|: how large the experts' update is."""
+
+
+def expert_outputs(moe: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden [T, d] (the MoE's input) -> every expert's output on every token [E, T, d]."""
+    experts = moe.experts
+    gate, up = torch.einsum("td,ehd->eth", hidden, experts.gate_up_proj).chunk(2, dim=-1)  # [E, T, h] each
+    return torch.einsum("eth,edh->etd", experts.act_fn(gate) * up, experts.down_proj)
+
+
+@torch.inference_mode()
+def expert_agreement(model: EmbeddedVLM, rows: Iterable[dict], seed: int = 0) -> list[BlockAgreement]:
+    """Per block 1..L-1 at the full plan: do a token's experts compute the same thing, and how
+    much of the top-k sum do the first picks carry? rows: dicts with 'image', 'question', 'answer'."""
+    samples = [prefix_and_target(model, row) for row in rows]
+    if not samples:
+        raise ValueError("no samples for the expert agreement; pass at least one question")
+    later = list(model.blocks)[1:]
+    residual: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(later))}
+    moe_input: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(later))}
+
+    def keep(store: list[torch.Tensor], hidden: torch.Tensor) -> None:
+        store.append(hidden.reshape(-1, hidden.shape[-1]))
+
+    hooks = []
+    for i, block in enumerate(later):
+        hooks.append(
+            block.register_forward_pre_hook(
+                lambda _m, args, kwargs, i=i: keep(residual[i], args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True,
+            )
+        )
+        hooks.append(block.mlp.register_forward_pre_hook(lambda _m, args, i=i: keep(moe_input[i], args[0])))
+    try:
+        every_block = tuple(range(model.knob_space.num_layers))
+        for prefix, target in samples:
+            answer_nll(model, prefix, target, every_block)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    generator = torch.Generator().manual_seed(seed)
+    k = model.knob_space.default_top_k
+    return [
+        _agreement(i + 1, block.mlp, torch.cat(moe_input[i]), torch.cat(residual[i]), k, generator)
+        for i, block in enumerate(later)
+    ]
+
+
+def _agreement(
+    index: int, moe: torch.nn.Module, hidden: torch.Tensor, residual: torch.Tensor, k: int, generator: torch.Generator
+) -> BlockAgreement:
+    outputs = expert_outputs(moe, hidden).transpose(0, 1)  # [T, E, d]
+    probs = F.softmax(F.linear(hidden, moe.gate.weight).float(), dim=-1)  # [T, E]
+    weights, indices = torch.topk(probs, k, dim=-1)  # [T, k]
+    tokens = torch.arange(hidden.shape[0])[:, None]
+    chosen = outputs[tokens, indices]  # [T, k, d]
+    full = (weights[..., None] * chosen).sum(1)  # [T, d]
+    half = (weights[:, : max(1, k // 2), None] * chosen[:, : max(1, k // 2)]).sum(1)
+    unit = F.normalize(chosen, dim=-1)
+    pairs = unit @ unit.transpose(1, 2)  # [T, k, k]
+    off_diagonal = ~torch.eye(k, dtype=torch.bool)
+    drawn = outputs[tokens[:, 0], torch.randint(outputs.shape[1], (hidden.shape[0],), generator=generator)]
+    return BlockAgreement(
+        block=index,
+        pair_cosine=float(pairs[:, off_diagonal].mean()) if k > 1 else 1.0,
+        half_cosine=float(F.cosine_similarity(half, full, dim=-1).mean()),
+        half_norm=float((half.norm(dim=-1) / full.norm(dim=-1)).mean()),
+        top1_cosine=float(F.cosine_similarity(chosen[:, 0], full, dim=-1).mean()),
+        random_cosine=float(F.cosine_similarity(drawn, full, dim=-1).mean()),
+        update_share=float((full.norm(dim=-1) / residual.norm(dim=-1)).mean()),
+    )

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from adactrl.data import load_vqa_dataset
-from adactrl.models.expert_probe import Routing, default_routings, expert_probe, route, routed
+from adactrl.models.expert_probe import (
+    Routing, default_routings, expert_agreement, expert_outputs, expert_probe, route, routed,
+)  # fmt: skip
 from adactrl.models.importance import answer_nll, depth_curve, prefix_and_target
 
 
@@ -98,3 +100,32 @@ def test_more_experts_than_the_model_has_or_no_questions_are_refused(tiny_model)
     with pytest.raises(ValueError, match="at least one question"):
         expert_probe(tiny_model, [])
     assert len(default_routings(8)) == 11
+
+
+def test_expert_outputs_weighted_by_the_router_are_the_blocks_own_output(tiny_model):
+    moe = tiny_model.blocks[2].mlp
+    hidden = torch.randn(5, tiny_model.hidden_size, generator=torch.Generator().manual_seed(0))
+    outputs = expert_outputs(moe, hidden)  # [E, T, d]
+    probs = torch.softmax(hidden @ moe.gate.weight.T, dim=-1)
+    weights, indices = probs.topk(tiny_model.knob_space.default_top_k, dim=-1)
+    by_hand = (weights[..., None] * outputs.transpose(0, 1)[torch.arange(5)[:, None], indices]).sum(1)
+    with torch.no_grad():
+        assert torch.allclose(by_hand, moe(hidden[None])[0], atol=1e-5)
+
+
+def test_agreement_covers_the_knob_blocks_and_sees_copies_as_copies(tiny_model, rows):
+    agreement = expert_agreement(tiny_model, rows.select(range(2)))
+    assert [a.block for a in agreement] == list(range(1, tiny_model.knob_space.num_layers))
+    for a in agreement:
+        assert -1 <= a.pair_cosine < 0.99 and 0 < a.half_norm and 0 < a.update_share  # random experts differ
+    copies = copy.deepcopy(tiny_model)
+    for block in copies.blocks:
+        experts = block.mlp.experts
+        experts.gate_up_proj.copy_(experts.gate_up_proj[:1].expand_as(experts.gate_up_proj))
+        experts.down_proj.copy_(experts.down_proj[:1].expand_as(experts.down_proj))
+    for a in expert_agreement(copies, rows.select(range(2))):
+        # Identical experts: every pair and every partial sum points the same way.
+        assert a.pair_cosine == pytest.approx(1.0, abs=1e-4) and a.half_cosine == pytest.approx(1.0, abs=1e-4)
+        assert a.top1_cosine == pytest.approx(1.0, abs=1e-4) and a.random_cosine == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="at least one question"):
+        expert_agreement(tiny_model, [])
