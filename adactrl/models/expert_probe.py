@@ -11,6 +11,10 @@ block the top-k knob reaches (blocks 1..L-1; block 0 keeps its default routing):
   well as the router's choice, the experts are interchangeable;
 - `scaled`: the default routing with every expert output multiplied by a factor (0 turns the
   experts off), which shows how much the answers depend on the size of the expert sum.
+
+`expert_agreement` looks at the outputs themselves: per block, whether a token's experts point
+the same way (copies) or apart, how much of the top-k sum the first picks carry, and how large
+the experts' update is beside the hidden state.
 """
 
 from __future__ import annotations
