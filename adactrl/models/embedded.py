@@ -7,6 +7,7 @@ projected to the language model's width, and transformers' `OlmoeForCausalLM` (1
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,23 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 IMPORTANCE_FILE = "importance.json"
+
+
+def cache_keyword(layer_type: type[nn.Module]) -> str:
+    """The name under which a transformers decoder layer takes its KV cache.
+
+    transformers 5.x renamed the argument from `past_key_values` to `cache` (5.17 still has the
+    old name, 5.24 the new one). A layer swallows unknown keywords into `**kwargs`, so passing
+    the wrong name drops the cache without an error and decode tokens attend only to themselves.
+    """
+    parameters = inspect.signature(layer_type.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    raise RuntimeError(
+        f"{layer_type.__name__}.forward takes neither `cache` nor `past_key_values`: this transformers "
+        "release is not supported; install one that pyproject.toml allows"
+    )
 
 
 @dataclass(frozen=True)
@@ -146,6 +164,7 @@ class EmbeddedVLM(nn.Module):
                 norm_topk_prob=False,
             )
         )
+        self._cache_keyword = cache_keyword(type(self.lm.model.layers[0]))
         self.knob_space = KnobSpace.from_model(config.num_layers, config.top_k, tiers=config.crop.tiers)
         self.hidden_size = config.hidden_size
         self.eos_token_id = config.eos_token_id
@@ -212,8 +231,8 @@ class EmbeddedVLM(nn.Module):
                 hidden,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=cache,
                 use_cache=cache is not None,
+                **{self._cache_keyword: cache},
                 position_embeddings=rotary,
             )
         return hidden

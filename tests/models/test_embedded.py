@@ -16,6 +16,7 @@ from adactrl.models.embedded import (
     TOKENIZER_FILE,
     WEIGHTS_FILE,
     EmbeddedVLM,
+    cache_keyword,
     shipped_model_dir,
 )
 
@@ -95,6 +96,35 @@ def test_stem_model_prefill_then_decode_matches_one_pass(stem_model):
         steps = [stem_model.run_blocks(hidden[:, :6], blocks, top_k, cache, 0)]
         steps += [stem_model.run_blocks(hidden[:, t : t + 1], blocks, top_k, cache, t) for t in range(6, 10)]
     assert torch.allclose(torch.cat(steps, dim=1), one_pass, atol=1e-5)
+
+
+def test_cache_keyword_follows_the_installed_layer_signature():
+    class NewLayer(torch.nn.Module):
+        def forward(self, hidden, attention_mask=None, cache=None, use_cache=False, **kwargs): ...
+
+    class OldLayer(torch.nn.Module):
+        def forward(self, hidden, attention_mask=None, past_key_values=None, use_cache=False, **kwargs): ...
+
+    class NoCacheLayer(torch.nn.Module):
+        def forward(self, hidden, **kwargs): ...
+
+    assert cache_keyword(NewLayer) == "cache"
+    assert cache_keyword(OldLayer) == "past_key_values"
+    with pytest.raises(RuntimeError, match="NoCacheLayer.*neither `cache` nor `past_key_values`"):
+        cache_keyword(NoCacheLayer)
+
+
+def test_run_blocks_fills_the_cache_of_every_block_it_runs(tiny_model):
+    """The KV cache reaches the decoder layers under this transformers' keyword: prefill stores every
+    token in each block that ran, decode appends one, and skipped blocks store nothing."""
+    hidden = torch.randn(1, 7, tiny_model.hidden_size, generator=torch.Generator().manual_seed(3))
+    blocks = [0, 2, 5]
+    with torch.no_grad():
+        cache = tiny_model.new_cache()
+        tiny_model.run_blocks(hidden[:, :6], blocks, tiny_model.config.top_k, cache, 0)
+        tiny_model.run_blocks(hidden[:, 6:], blocks, tiny_model.config.top_k, cache, 6)
+    lengths = [cache.get_seq_length(i) for i in range(tiny_model.config.num_layers)]
+    assert lengths == [7 if i in blocks else 0 for i in range(tiny_model.config.num_layers)]
 
 
 def test_stem_setting_survives_save_and_load(stem_model, tmp_path):
