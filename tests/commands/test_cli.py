@@ -54,7 +54,8 @@ def test_infer_json(shared_model, question, capsys):
     assert infer(question, "--budget", "200", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {
-        "answer", "controller", "knobs", "latency_ms", "budget_ms", "met_budget", "image_tokens", "prompt_tokens"
+        "answer", "controller", "knobs", "latency_ms", "budget_ms", "met_budget", "image_tokens", "prompt_tokens",
+        "warmup_runs",
     }  # fmt: skip
     assert set(report["knobs"]) == {"tier", "insertion", "top_k", "num_blocks", "blocks"}
     assert len(report["knobs"]["blocks"]) == report["knobs"]["num_blocks"]
@@ -63,6 +64,27 @@ def test_infer_json(shared_model, question, capsys):
     assert report["met_budget"] == (report["latency_ms"]["total"] <= 200.0)
     assert report["image_tokens"] in (9, 45, 90)
     assert report["controller"].startswith("untrained")
+
+
+def test_infer_warmup_runs_the_same_request_untimed_first(shared_model, question, capsys, monkeypatch):
+    from adactrl.controller import adaptive
+
+    runs = []
+    real = adaptive.execute
+    monkeypatch.setattr(adaptive, "execute", lambda *a, **k: runs.append(real(*a, **k)) or runs[-1])
+    reports = []
+    for warmup in ("0", "2"):
+        assert infer(question, "--budget", "100", "--warmup", warmup, "--json") == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    assert len(runs) == 1 + 3  # one timed run, then two untimed and the timed one
+    assert [r["warmup_runs"] for r in reports] == [0, 2]
+    assert reports[0]["knobs"] == reports[1]["knobs"] and reports[0]["answer"] == reports[1]["answer"]
+    assert reports[1]["latency_ms"]["total"] == pytest.approx(runs[-1].latency_ms["total"], abs=1e-3)
+
+
+def test_infer_refuses_a_negative_warmup(shared_model, question, capsys):
+    assert infer(question, "--budget", "100", "--warmup", "-1") == 2
+    assert "--warmup must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
