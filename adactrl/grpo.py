@@ -1,4 +1,4 @@
-"""GRPO math over one batch of plans: group-normalised advantages and the policy losses.
+"""GRPO math over one batch of plans: group-centred (optionally scaled) advantages and the policy losses.
 
 A plan's log-probability ``logp`` is the sum over its four sub-actions (tier, insertion, top_k,
 num_blocks). A group is one (sample, budget) pair; its plans are compared only with each other.
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adactrl.training.config import ADVANTAGE_SCALES
 from adactrl.metrics import (
     FRAC_REWARD_ZERO_STD,
     LOSS_APPROX_KL,
@@ -55,11 +56,22 @@ def _check_groups(rewards: Tensor, group_ids: Tensor) -> None:
         raise ValueError(f"rewards must be a floating-point tensor, got {rewards.dtype}")
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6) -> GroupStats:
-    """(r - mean_g) / (std_g + eps) per group, population std; all-equal groups get exactly 0."""
+def group_advantages(
+    rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6, scale: str = "group"
+) -> GroupStats:
+    """Rewards centred on their group's mean, then scaled (`ADVANTAGE_SCALES`): "group" divides
+    by the group's population std, "batch" by the std of all centred rewards of the batch, "none"
+    leaves them. All-equal groups get exactly 0 under every scale.
+
+    "group" makes every group's best plan count alike however little separates it from the
+    rest, so a latency-only difference weighs as much as a right against a wrong answer;
+    "batch" and "none" keep those differences in proportion.
+    """
     _check_groups(rewards, group_ids)
     if eps <= 0:
         raise ValueError(f"eps must be > 0, got {eps}")
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale must be one of {list(ADVANTAGE_SCALES)}, got {scale!r}")
     rewards = rewards.detach()
     # inverse [N]: each plan's group index 0..G-1; counts [G]: members per group
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
@@ -69,8 +81,13 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, *, eps: float = 1e-6) -
     var = rewards.new_zeros(num_groups).index_add_(0, inverse, centered**2) / counts  # [G]
     std = var.sqrt()  # [G]
     zero_std = std < eps  # [G]; a single member has std 0
-    advantages = torch.where(zero_std[inverse], torch.zeros_like(centered),
-                             centered / (std[inverse] + eps))  # [N]
+    if scale == "group":
+        scaled = centered / (std[inverse] + eps)  # [N]
+    elif scale == "batch":
+        scaled = centered / (centered.pow(2).mean().sqrt() + eps)  # [N]
+    else:
+        scaled = centered
+    advantages = torch.where(zero_std[inverse], torch.zeros_like(centered), scaled)  # [N]
     return GroupStats(advantages, num_groups, int(zero_std.sum()))
 
 

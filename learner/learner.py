@@ -75,7 +75,9 @@ class Learner:
         metrics = rollout_metrics(batch) | {ROLLOUT_NUM_STALE_DROPPED: float(dropped)}
         if not fresh:
             return LearnerStep(self.version, False, dropped, metrics | {POLICY_VERSION: float(self.version)})
-        tensors = BatchTensors.from_records(fresh, adv_eps=self.config.loss.adv_eps)
+        tensors = BatchTensors.from_records(
+            fresh, adv_eps=self.config.loss.adv_eps, advantage_scale=self.config.loss.advantage_scale
+        )
         _check_inputs(tensors, batch)
         self.controller.train()
         out = compute_loss(controller=self.controller, batch_tensors=tensors, config=self.config.loss)

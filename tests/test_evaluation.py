@@ -21,6 +21,7 @@ from adactrl.evaluation import (
     supervised_method,
 )
 from adactrl.profiling import write_profile
+from adactrl.training.records import BudgetRange
 from tests.baselines.helpers import record
 
 # Three plans of the tiny model's KnobSpace (tiers low/medium/high, top_k 2..4, blocks 6..8).
@@ -102,7 +103,8 @@ def tiny_setup(tmp_path, tiny_model):
     model_dir = tmp_path / "model"
     tiny_model.save(model_dir, dtype=torch.float32)
     controller = Controller(ControllerConfig(d_model=tiny_model.hidden_size), tiny_model.knob_space)
-    save_controller(tmp_path / "controller.pt", controller, {"budget_range_ms": [6.0, 25.0]})
+    # the extra `adactrl train` writes into its checkpoints
+    save_controller(tmp_path / "controller.pt", controller, {"budget_range": BudgetRange(6.0, 25.0, 5.5, 22.7).to_dict()})
     write_profile(tiny_profile_rows(), tmp_path / "profile" / "profile.parquet")
     return tmp_path, model_dir
 
@@ -129,6 +131,18 @@ def test_evaluate_command_writes_every_output(tiny_setup, capsys):
     assert len(table) == (4 + 3) * 2  # controller, oracle, supervised, random + 3 static plans, 2 budgets
     printed = capsys.readouterr().out
     assert "outside the calibrated range" in printed and "oracle" in printed
+
+
+def test_calibrated_range_reads_the_trainers_checkpoint_and_keeps_its_ends_in_range():
+    from adactrl.commands.evaluate import calibrated_range, within
+
+    extra = {"budget_range": BudgetRange(32.9, 69.6, 29.9, 63.2).to_dict()}
+    assert calibrated_range(extra, oracle=None) == ((32.9, 69.6), "checkpoint")
+    with pytest.raises(ValueError, match="budget_range must hold low_ms < high_ms.*--budgets"):
+        calibrated_range({"budget_range": {"low_ms": 50.0, "high_ms": 10.0}}, oracle=None)
+    ends = evaluation.log_spaced_budgets(27.58376225042412, 63.86745035024433, 5)
+    assert all(within(b, (27.58376225042412, 63.86745035024433)) for b in ends)
+    assert not within(63.9, (27.58376225042412, 63.86745035024433))
 
 
 def test_checkpoint_for_another_knob_space_is_a_clear_error(tiny_setup, tiny_model, capsys):

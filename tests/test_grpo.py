@@ -31,6 +31,29 @@ def test_group_advantages_by_hand(fn):
     assert stats.to_metrics()[FRAC_REWARD_ZERO_STD] == pytest.approx(2 / 3)
 
 
+def test_group_advantages_batch_and_none_scales_by_hand():
+    # Centred rewards (-1, 0, 1, 0, 0, 0); "none" keeps them, "batch" divides by their root mean
+    # square over the batch, sqrt(2 / 6) = 0.577350. Zero-std groups stay exactly 0 under both.
+    none = group_advantages(REWARDS, GROUP_IDS, scale="none")
+    torch.testing.assert_close(none.advantages, torch.tensor([-1.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    batch = group_advantages(REWARDS, GROUP_IDS, scale="batch")
+    torch.testing.assert_close(batch.advantages, torch.tensor([-1.732051, 0.0, 1.732051, 0.0, 0.0, 0.0]), atol=1e-5, rtol=0)
+    assert (batch.num_groups, batch.num_zero_std) == (none.num_groups, none.num_zero_std) == (3, 2)
+
+
+def test_batch_scale_keeps_a_small_reward_gap_small():
+    """Group 0 separates a right from a wrong answer (gap 0.8), group 1 two equally right plans
+    by latency alone (gap 0.05): per-group std makes both gaps count alike, the batch scale
+    keeps them 16:1."""
+    rewards = torch.tensor([1.0, 0.2, 1.0, 0.95])
+    group_ids = torch.tensor([0, 0, 1, 1])
+    per_group = group_advantages(rewards, group_ids, scale="group").advantages
+    torch.testing.assert_close(per_group[0], per_group[2], atol=1e-4, rtol=0)
+    batch = group_advantages(rewards, group_ids, scale="batch").advantages
+    assert batch[0] / batch[2] == pytest.approx(16.0)
+    torch.testing.assert_close(batch[[0, 2]], -batch[[1, 3]])
+
+
 def test_group_advantages_all_equal_with_rounding():
     # 0.1 * 3 / 3 is not exactly 0.1 in floating point; the group must still be zero-std.
     stats = group_advantages(torch.tensor([0.1, 0.1, 0.1]), torch.tensor([0, 0, 0]))
@@ -43,6 +66,8 @@ def test_group_advantages_rejects_bad_inputs():
         group_advantages(REWARDS, GROUP_IDS.float())
     with pytest.raises(ValueError, match=r"\[N\]"):
         group_advantages(REWARDS, GROUP_IDS[:3])
+    with pytest.raises(ValueError, match=r"scale must be one of \['group', 'batch', 'none'\], got 'rank'"):
+        group_advantages(REWARDS, GROUP_IDS, scale="rank")
 
 
 def test_group_advantages_loop_equivalence_random():

@@ -6,7 +6,7 @@ profile`), or from a small sweep of the validation split run first (`--profile_s
 evaluation itself runs on `--split` (test by default), so the oracle is chosen on other samples.
 
 Budgets default to `--num_budgets` log-spaced points of the controller's calibrated range
-(checkpoint extra "budget_range_ms"); without one, of the profile's cheapest..most expensive
+(checkpoint extra "budget_range", which `adactrl train` writes); without one, of the profile's cheapest..most expensive
 median plan latency times 1.1 (`adactrl train`'s default margin). Budgets outside that range
 are evaluated and reported with in_range=false.
 """
@@ -109,7 +109,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
             model, methods, rows, budgets, max_new_tokens=args.max_new_tokens, device=args.device, progress=bar.update
         )
 
-    in_range = [budget_range[0] <= b <= budget_range[1] for b in budgets]
+    in_range = [within(b, budget_range) for b in budgets]
     report = {
         "controller": str(args.controller),
         "model_path": args.model_path or "shipped",
@@ -183,20 +183,33 @@ def choose_budgets(args: argparse.Namespace, budget_range: tuple[float, float], 
         raise ValueError(f"--budgets must be finite and > 0 ms, got {budgets}")
     low, high = budget_range
     for budget in budgets:
-        if not low <= budget <= high:
+        if not within(budget, budget_range):
             print(f"note: budget {budget:.2f} ms is outside the calibrated range {low:.2f}..{high:.2f} ms "
                   f"({source}); it is evaluated and reported with in_range=false")  # fmt: skip
     return budgets
 
 
+def within(budget: float, budget_range: tuple[float, float]) -> bool:
+    """Inside the range, counting its ends: a log-spaced end point can round a hair outside."""
+    low, high = budget_range
+    return low * (1 - 1e-9) <= budget <= high * (1 + 1e-9)
+
+
 def calibrated_range(extra: dict, oracle) -> tuple[tuple[float, float], str]:
-    """(low, high) ms and where it came from: the checkpoint's budget_range_ms, else the profile."""
-    stored = extra.get("budget_range_ms")
+    """(low, high) ms and where it came from: the checkpoint's budget_range (the range its
+    training run calibrated, as `adactrl train` stores it), else the profile."""
+    stored = extra.get("budget_range")
     if stored is not None:
-        values = stored.tolist() if hasattr(stored, "tolist") else list(stored)
-        if len(values) != 2 or not all(math.isfinite(float(v)) for v in values) or not 0 < values[0] < values[1]:
-            raise ValueError(f"the checkpoint's budget_range_ms must be (low, high), 0 < low < high; got {values}")
-        return (float(values[0]), float(values[1])), "checkpoint"
+        from adactrl.training.records import BudgetRange
+
+        try:
+            budget_range = BudgetRange(float(stored["low_ms"]), float(stored["high_ms"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"the checkpoint's budget_range must hold low_ms < high_ms above 0, got {stored!r} ({error}); "
+                "pass --budgets to evaluate at budgets of your own"
+            ) from error
+        return (budget_range.low_ms, budget_range.high_ms), "checkpoint"
     low, high = oracle.budget_range("median")
     return (low * RANGE_MARGIN, high * RANGE_MARGIN), "profile"
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from adactrl.training.config import LATENCY_MODES, LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
+from adactrl.training.config import ADVANTAGE_SCALES, LATENCY_MODES, LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
 
 
 def _defaults(cls: type) -> SimpleNamespace:
@@ -57,6 +57,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     learn.add_argument("--train_budget_encoder", action="store_true", help="train the budget MLP (frozen by default)")
     learn.add_argument("--loss", choices=LOSSES, default=_LOSS.loss)
     learn.add_argument("--clip_eps", type=float, default=_LOSS.clip_eps)
+    learn.add_argument("--advantage_scale", choices=ADVANTAGE_SCALES, default=_LOSS.advantage_scale,
+                       help="scale of the group-centred rewards: each group's std (GRPO), one std over the batch, "
+                            "or none (see README)")
     learn.add_argument("--entropy_coef", type=float, default=_LOSS.entropy_coef)
     learn.add_argument("--max_grad_norm", type=float, default=_L.max_grad_norm)
     learn.add_argument("--max_policy_lag", type=int, default=_L.max_policy_lag,
@@ -90,7 +93,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         learner=LearnerConfig(
             lr=args.lr, stage1_lr_ratio=args.stage1_lr_ratio, train_budget_encoder=args.train_budget_encoder,
             max_grad_norm=args.max_grad_norm, max_policy_lag=args.max_policy_lag,
-            loss=LossConfig(loss=args.loss, clip_eps=args.clip_eps, entropy_coef=args.entropy_coef),
+            loss=LossConfig(loss=args.loss, clip_eps=args.clip_eps, entropy_coef=args.entropy_coef,
+                            advantage_scale=args.advantage_scale),
         ),  # fmt: skip
         reward=RewardConfig(**{k: v for k, v in coefficients.items() if v is not None}),
         num_epochs=args.num_epochs,

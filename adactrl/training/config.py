@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from adactrl.reward import RewardConfig
 
 LOSSES: tuple[str, ...] = ("grpo", "pairwise")
+ADVANTAGE_SCALES: tuple[str, ...] = ("group", "batch", "none")
+"""How the learner scales rewards centred on their group's mean: by the group's std (GRPO), by
+one std over the whole batch, or not at all (mean-centring only, as in Dr. GRPO)."""
 LATENCY_MODES: tuple[str, ...] = ("measured", "estimated")
 ESTIMATOR_HINT = (
     "run `adactrl baselines --profile PROFILE --model_path MODEL` on a profile of the model to train one "
@@ -30,7 +33,7 @@ class LossConfig:
     """What the learner's loss hook computes from one batch of rollout records."""
 
     loss: str = "grpo"
-    """"grpo": PPO-clipped policy gradient on group-normalised advantages; "pairwise": seed 001's
+    """"grpo": PPO-clipped policy gradient on group-centred advantages (see advantage_scale); "pairwise": seed 001's
     ranking loss over same-group pairs."""
     clip_eps: float = 0.2
     """PPO ratio clip for records sampled by an older policy (on-policy records have ratio 1)."""
@@ -38,6 +41,13 @@ class LossConfig:
     """Entropy bonus weight (grpo only): keeps the four sub-action distributions exploring."""
     adv_eps: float = 1e-6
     """Groups whose reward std is below this carry no signal (advantage 0, counted)."""
+    advantage_scale: str = "none"
+    """`ADVANTAGE_SCALES`. Rewards are always centred on their group's mean; "none" (the default,
+    as in Dr. GRPO) stops there, "batch" divides by one std over the batch, and "group" (DESIGN
+    §2's per-group normalisation) divides by each group's own std, so a latency-only difference
+    between plans weighs as much as a right against a wrong answer. Measured on the embedded
+    model (README, Training): "group" sent every question to the `low` tier in 3 of 3 seeds,
+    "batch" learned digit -> `high` in 2 of 3, "none" learned it per question and budget in 3 of 3."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -48,6 +58,10 @@ class LossConfig:
             raise ValueError(f"entropy_coef must be a finite number >= 0, got {self.entropy_coef}")
         if not self.adv_eps > 0:
             raise ValueError(f"adv_eps must be > 0, got {self.adv_eps}")
+        if self.advantage_scale not in ADVANTAGE_SCALES:
+            raise ValueError(
+                f"advantage_scale must be one of {list(ADVANTAGE_SCALES)}, got {self.advantage_scale!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class DataConfig:
     """Where samples come from. Workers rebuild the same splits from these values locally."""
 
     dataset_names: tuple[str, ...] = ("synthetic",)
-    num_train_samples: int = 64
+    num_train_samples: int = 96
     """Training samples per dataset (split "train")."""
     num_val_samples: int = 32
     """Held-out validation samples per dataset (split "validation")."""
@@ -127,7 +141,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     reward: RewardConfig = field(default_factory=lambda: _default_reward())
-    num_epochs: int = 4
+    num_epochs: int = 8
     batch_size: int = 8
     """Samples per rollout request; one learner update per request."""
     budgets_per_sample: int = 1

@@ -30,17 +30,19 @@ class BatchTensors:
     budget_ms: Tensor  # [N]
     rewards: Tensor  # [N]
     group_ids: Tensor  # [N] long, 0..G-1 in order of first appearance
-    advantages: Tensor  # [N], group-normalised, 0 in zero-std groups
+    advantages: Tensor  # [N], centred per group and scaled (LossConfig.advantage_scale), 0 in zero-std groups
     groups: GroupStats
 
     @classmethod
-    def from_records(cls, records: Sequence[RolloutRecord], *, adv_eps: float = 1e-6) -> BatchTensors:
+    def from_records(
+        cls, records: Sequence[RolloutRecord], *, adv_eps: float = 1e-6, advantage_scale: str = "group"
+    ) -> BatchTensors:
         if not records:
             raise ValueError("a loss needs at least one rollout record")
         keys: dict[tuple[int, float], int] = {}
         group_ids = torch.tensor([keys.setdefault(r.group_key, len(keys)) for r in records])  # [N]
         rewards = torch.tensor([r.reward.total for r in records], dtype=torch.float32)  # [N]
-        groups = group_advantages(rewards, group_ids, eps=adv_eps)
+        groups = group_advantages(rewards, group_ids, eps=adv_eps, scale=advantage_scale)
         return cls(
             actions=torch.tensor([r.actions for r in records], dtype=torch.long),
             old_logp=torch.tensor([r.old_logp for r in records], dtype=torch.float32),

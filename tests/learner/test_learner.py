@@ -78,6 +78,20 @@ def test_groups_by_sample_and_budget_with_hand_computed_advantages():
     assert step.metrics[FRAC_REWARD_ZERO_STD] == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize(("scale", "expected"), [("group", 1.224745), ("batch", 1.581139), ("none", 1.0)])
+def test_learner_scales_advantages_as_configured(monkeypatch, scale, expected):
+    """Rewards 1, 2, 3 in one group and a zero-std pair: centred (-1, 0, 1, 0, 0), divided by the
+    group's std sqrt(2/3), the batch's root mean square sqrt(2/5), or nothing."""
+    c = make_controller()
+    records = [make_record(c, 0, 50.0, r, action_seed=i) for i, r in enumerate((1.0, 2.0, 3.0))]
+    records += [make_record(c, 1, 50.0, 4.0, action_seed=i) for i in range(2)]
+    seen = []
+    real = learner_module.compute_loss
+    monkeypatch.setattr(learner_module, "compute_loss", lambda **kw: seen.append(kw["batch_tensors"]) or real(**kw))
+    Learner(c, LearnerConfig(loss=LossConfig(advantage_scale=scale))).update(batch_of(records))
+    torch.testing.assert_close(seen[0].advantages, torch.tensor([-expected, 0.0, expected, 0.0, 0.0]), atol=1e-5, rtol=0)
+
+
 def test_all_equal_rewards_step_only_on_entropy_and_stay_finite():
     c = make_controller()
     records = [make_record(c, 0, 50.0, 0.5, action_seed=i) for i in range(4)]

@@ -54,6 +54,15 @@ def test_resume_without_a_checkpoint_fails_before_ray(tmp_path, monkeypatch):
         driver.run_training(TrainConfig(output_dir=str(tmp_path / "empty"), resume=True))
 
 
+def test_advantage_scale_flag_reaches_the_learner_config():
+    from adactrl.cli import build_parser
+    from adactrl.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--advantage_scale", "none"])
+    assert config_from_args(args).learner.loss.advantage_scale == "none"
+    assert config_from_args(args).to_params()["learner.loss.advantage_scale"] == "none"
+
+
 def test_config_defaults_are_valid_and_flatten_for_mlflow():
     params = TrainConfig().to_params()
     assert params["group_size"] == 4 and params["learner.loss.loss"] == "grpo"
@@ -65,6 +74,7 @@ def test_config_defaults_are_valid_and_flatten_for_mlflow():
     ("build", "message"),
     [
         (lambda: LossConfig(loss="ppo"), "loss must be one of"),
+        (lambda: LossConfig(advantage_scale="rank"), "advantage_scale must be one of"),
         (lambda: LearnerConfig(stage1_lr_ratio=-1), "stage1_lr_ratio"),
         (lambda: LearnerConfig(plateau_factor=1.5), "plateau_factor"),
         (lambda: DataConfig(dataset_names="synthetic"), "non-empty list"),
