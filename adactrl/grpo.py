@@ -1,4 +1,4 @@
-"""GRPO math over one batch of plans: group-centred (optionally scaled) advantages and the policy losses.
+"""GRPO math over one batch of plans: group-centred advantages and the policy losses.
 
 A plan's log-probability ``logp`` is the sum over its four sub-actions (tier, insertion, top_k,
 num_blocks). A group is one (sample, budget) pair; its plans are compared only with each other.
@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adactrl.training.config import ADVANTAGE_SCALES
 from adactrl.metrics import (
     FRAC_REWARD_ZERO_STD,
     LOSS_APPROX_KL,
@@ -24,6 +23,7 @@ from adactrl.metrics import (
     LOSS_TOTAL,
     ROLLOUT_NUM_GROUPS,
 )
+from adactrl.training.config import ADVANTAGE_SCALES
 
 
 @dataclass(frozen=True)

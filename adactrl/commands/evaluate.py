@@ -6,8 +6,8 @@ profile`), or from a small sweep of the validation split run first (`--profile_s
 evaluation itself runs on `--split` (test by default), so the oracle is chosen on other samples.
 
 Budgets default to `--num_budgets` log-spaced points of the controller's calibrated range
-(checkpoint extra "budget_range", which `adactrl train` writes); without one, of the profile's cheapest..most expensive
-median plan latency times 1.1 (`adactrl train`'s default margin). Budgets outside that range
+(checkpoint extra "budget_range", which `adactrl train` writes); without one, of the profile's
+cheapest..most expensive median plan latency times 1.1 (`adactrl train`'s default margin). Budgets outside that range
 are evaluated and reported with in_range=false.
 """
 

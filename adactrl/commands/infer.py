@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed runs of the same request first, so the reported latency is not the cold "
-                        "start's (CUDA context and kernel loading: ~0.9 s on an H100); 0 times the first run")
+                        "start's (CUDA context and kernel loading: about 1 s on an H100); 0 times the first run")
     p.add_argument("--seed", type=int, default=0, help="seeds the untrained controller")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--list-vocabulary", action="store_true", help="print the embedded model's words and exit")

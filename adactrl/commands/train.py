@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from adactrl.training.config import ADVANTAGE_SCALES, LATENCY_MODES, LOSSES, DataConfig, LearnerConfig, LossConfig, TrainConfig
+from adactrl.training.config import (
+    ADVANTAGE_SCALES,
+    LATENCY_MODES,
+    LOSSES,
+    DataConfig,
+    LearnerConfig,
+    LossConfig,
+    TrainConfig,
+)
 
 
 def _defaults(cls: type) -> SimpleNamespace:
