@@ -21,6 +21,8 @@ _FLAGS: dict[str, str] = {
     "stem_self_only": "build block 0 as a per-token stem: tokens meet only in blocks the knobs reach",
     "expert_size": "hidden width of each expert; top-k of them make a block's MLP for one token",
     "num_experts": "experts per block; the default top-k (8) of them run per token",
+    "train_routers": "train the MoE routers (off: they keep their random initial weights)",
+    "router_balance_weight": "weight of the MoE load-balancing loss on every router (OLMoE uses 0.01; 0 = off)",
     "dense_weight": "dense-target loss weight in the main phase",
     "max_minutes": "stop early after this wall time",
 }

@@ -164,9 +164,9 @@ def answer_logits(
     answers: list[str],
     knobs: KnobDraw,
     budget_slots: list[torch.Tensor | None],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forced batch from image tokens [B, N, d]: returns logits [B, L, V] and labels
-    [B, L] (IGNORE off-answer)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced batch from image tokens [B, N, d]: returns logits [B, L, V], labels
+    [B, L] (IGNORE off-answer) and which positions are real tokens, not padding [B, L] bool."""
     rows, label_rows = [], []
     for b in range(tokens.shape[0]):
         prompt = model.embed_tokens(torch.tensor(model.tokenizer.encode(questions[b])))
@@ -183,10 +183,49 @@ def answer_logits(
     length = max(r.shape[0] for r in rows)
     hidden = torch.stack([F.pad(r, (0, 0, 0, length - r.shape[0])) for r in rows])  # [B, L, d]
     labels = torch.stack([F.pad(l, (0, length - l.shape[0]), value=IGNORE) for l in label_rows])  # [B, L]
+    valid = torch.arange(length)[None, :] < torch.tensor([r.shape[0] for r in rows])[:, None]  # [B, L]
     head = knobs.blocks[: knobs.insertion]
     hidden = model.run_blocks(hidden, head, model.knob_space.default_top_k, None, 0)
     hidden = model.run_blocks(hidden, knobs.blocks[knobs.insertion :], knobs.top_k, None, 0)
-    return model.lm_logits(hidden), labels
+    return model.lm_logits(hidden), labels, valid
+
+
+class RouterRecorder:
+    """Keeps the router logits of every MoE block a forward pass runs, with the top-k each ran at,
+    for `balance_loss`. A no-op unless `enabled`."""
+
+    def __init__(self, model: EmbeddedVLM, enabled: bool = True) -> None:
+        self.model, self.enabled = model, enabled
+        self.calls: list[tuple[torch.Tensor, int]] = []
+        self._handles: list = []
+
+    def __enter__(self) -> RouterRecorder:
+        if self.enabled:
+            for block in self.model.blocks:
+                self._handles.append(block.mlp.gate.register_forward_hook(self._record))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _record(self, gate: nn.Module, inputs: tuple, output: tuple) -> None:
+        self.calls.append((output[0], gate.top_k))  # router logits [B*L, E]
+
+    def balance_loss(self, valid: torch.Tensor) -> torch.Tensor:
+        """The Switch Transformer / OLMoE load-balancing loss, averaged over the blocks run:
+        E * sum_i f_i * P_i, where f_i is the share of top-k slots that went to expert i and P_i
+        its mean router probability, over the real (`valid`, [B*L] bool) tokens. It is 1 when
+        routing is balanced and E when one expert takes every token."""
+        losses = []
+        for logits, top_k in self.calls:
+            probs = logits[valid].float().softmax(dim=-1)  # [T, E]
+            num_experts = probs.shape[-1]
+            chosen = F.one_hot(probs.topk(top_k, dim=-1).indices, num_experts).sum(dim=1).float()  # [T, E]
+            share = chosen.mean(dim=0) / top_k
+            losses.append(num_experts * (share * probs.mean(dim=0)).sum())
+        return torch.stack(losses).mean()
 
 
 def first_token_correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -222,6 +261,9 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
 
     model = build_model(config.seed, VOCABULARY, config.stem_self_only, config.expert_size, config.num_experts)
     model.train()
+    if not config.train_routers:
+        for block in model.blocks:
+            block.mlp.gate.weight.requires_grad_(False)
     heads = DenseHeads(model.hidden_size)
     rng = np.random.default_rng([config.seed, 17])
     val = make_synthetic_vqa(SyntheticVQAConfig(config.eval_questions, seed=config.seed, split="validation"))
@@ -250,10 +292,13 @@ def pretrain(config: PretrainConfig, log: Callable[[str], None] = print) -> Embe
             norm = model.embedding_norm()
         slots = [_random_slot(rng, model.hidden_size, norm) if rng.random() < stage.slot_prob else None for _ in samples]
         tokens = image_tokens(model, [s.image for s in samples], knobs.tier)
-        logits, labels = answer_logits(
-            model, tokens, [s.question for s in samples], [s.answer for s in samples], knobs, slots
-        )
+        with RouterRecorder(model, enabled=config.router_balance_weight > 0) as routers:
+            logits, labels, valid = answer_logits(
+                model, tokens, [s.question for s in samples], [s.answer for s in samples], knobs, slots
+            )
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if routers.calls:
+            loss = loss + config.router_balance_weight * routers.balance_loss(valid.flatten())
         if config.dense_weight:
             dense, _ = heads.loss(tokens, token_targets(samples, model.config.crop, knobs.tier, side))
             loss = loss + config.dense_weight * dense
@@ -319,7 +364,7 @@ def evaluate_full_plan(model: EmbeddedVLM, rows: list[dict], batch_size: int = 6
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
         tokens = image_tokens(model, [r["image"] for r in chunk], knobs.tier)
-        logits, labels = answer_logits(
+        logits, labels, _ = answer_logits(
             model, tokens, [r["question"] for r in chunk], [r["answer"] for r in chunk], knobs, [None] * len(chunk)
         )
         for row, ok in zip(chunk, first_token_correct(logits, labels).tolist()):

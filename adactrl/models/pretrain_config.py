@@ -52,6 +52,14 @@ class PretrainConfig:
     num_experts: int = 16
     """Experts per block (`EmbeddedConfig.num_experts`); the default top-k (8) of them run per
     token, so it must be at least 8."""
+    train_routers: bool = True
+    """Train the MoE routers. Off, every router keeps its random initial weights (hash-like
+    routing, as in Roller et al. 2021): it cannot learn to send a fact to one expert, so the
+    experts each token runs share the work and dropping some of them costs answers."""
+    router_balance_weight: float = 0.0
+    """Weight of the load-balancing loss on every MoE router (Switch Transformer / OLMoE's
+    auxiliary loss, `RouterRecorder.balance_loss`; OLMoE trains with 0.01). 0 = off, as the
+    shipped model was trained."""
     budget_slot_prob: float = 0.5
     """Chance that a random budget-sized token is appended after the prompt, as the
     controller's budget token will be, so the frozen model learns to read past it."""
@@ -91,6 +99,8 @@ class PretrainConfig:
             raise ValueError(f"expert_size must be at least 1, got {self.expert_size}")
         if self.num_experts < DEFAULT_TOP_K:
             raise ValueError(f"num_experts must be at least the default top-k {DEFAULT_TOP_K}, got {self.num_experts}")
+        if self.router_balance_weight < 0:
+            raise ValueError(f"router_balance_weight must be at least 0 (0 = off), got {self.router_balance_weight}")
         if self.reasoning_weight <= 0:
             raise ValueError(f"reasoning_weight must be positive, got {self.reasoning_weight}")
         if self.lr <= 0 or self.vision_lr <= 0:

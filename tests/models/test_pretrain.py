@@ -1,9 +1,17 @@
 import numpy as np
+import pytest
 import torch
 
-from adactrl.data.synthetic import FAMILIES
+from adactrl.data.synthetic import FAMILIES, VOCABULARY
 from adactrl.models.embedded import EmbeddedConfig, EmbeddedVLM
-from adactrl.models.pretrain import REASONING_FAMILIES, build_model, curriculum, draw_knobs, pretrain
+from adactrl.models.pretrain import (
+    REASONING_FAMILIES,
+    RouterRecorder,
+    build_model,
+    curriculum,
+    draw_knobs,
+    pretrain,
+)
 from adactrl.models.pretrain_config import DEFAULT_TOP_K, PretrainConfig
 
 
@@ -32,6 +40,55 @@ def test_pretrain_is_deterministic_by_seed(tmp_path):
     first, second = EmbeddedVLM.load(tmp_path / "a"), EmbeddedVLM.load(tmp_path / "b")
     for (name, p), q in zip(first.state_dict().items(), second.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_frozen_routers_keep_their_initial_weights_and_the_rest_trains(tmp_path):
+    # As `pretrain` builds it, so the same initial weights; compared in memory (the saved file rounds them).
+    initial = build_model(0, VOCABULARY, stem_self_only=True)
+    for train_routers, name in ((False, "frozen"), (True, "trained")):
+        model = pretrain(_tiny(tmp_path, name, steps=1, vision_steps=0, train_routers=train_routers), log=lambda _: None)
+        routers_moved = [
+            not torch.equal(block.mlp.gate.weight, start.mlp.gate.weight)
+            for block, start in zip(model.blocks, initial.blocks)
+        ]
+        experts_moved = [
+            not torch.equal(block.mlp.experts.gate_up_proj, start.mlp.experts.gate_up_proj)
+            for block, start in zip(model.blocks, initial.blocks)
+        ]
+        assert any(routers_moved) == train_routers, name
+        assert all(experts_moved), name
+
+
+def _recorded(logits: torch.Tensor, top_k: int) -> RouterRecorder:
+    recorder = RouterRecorder(build_model(0, ("unused",)))
+    recorder.calls = [(logits, top_k)]
+    return recorder
+
+
+def test_the_balance_loss_is_one_when_balanced_and_the_expert_count_when_one_expert_takes_all():
+    num_experts, tokens = 16, 64
+    valid = torch.ones(tokens, dtype=torch.bool)
+    balanced = torch.zeros(tokens, num_experts)
+    balanced[torch.arange(tokens), torch.arange(tokens) % num_experts] = 50.0  # each expert tops 4 tokens
+    assert _recorded(balanced, 1).balance_loss(valid).item() == pytest.approx(1.0, abs=1e-4)
+    collapsed = torch.zeros(tokens, num_experts)
+    collapsed[:, 3] = 50.0
+    assert _recorded(collapsed, 1).balance_loss(valid).item() == pytest.approx(num_experts, abs=1e-3)
+    assert _recorded(torch.zeros(tokens, num_experts), 8).balance_loss(valid).item() == pytest.approx(1.0)  # flat
+
+
+def test_the_balance_loss_skips_padding_and_is_recorded_from_a_forward_pass():
+    valid = torch.tensor([True, True, False, False])
+    logits = torch.zeros(4, 16)
+    logits[0, 0] = logits[1, 1] = 50.0  # two real tokens on two experts
+    logits[2:, 0] = 50.0  # padding would pile onto expert 0
+    assert _recorded(logits, 1).balance_loss(valid).item() == pytest.approx(8.0, abs=1e-3)  # 16 * 2 * (1/2 * 1/2)
+    model = build_model(0, ("unused",))
+    with RouterRecorder(model) as recorder:
+        model.run_blocks(torch.randn(1, 5, model.hidden_size), [0, 2, 3], 6, None, 0)
+    assert [(logits.shape, top_k) for logits, top_k in recorder.calls] == [((5, 16), 6)] * 3
+    assert recorder.balance_loss(torch.ones(5, dtype=torch.bool)).item() >= 1.0
+    assert not any(block.mlp.gate._forward_hooks for block in model.blocks)  # hooks removed on exit
 
 
 CURRICULUM = dict(reasoning_low_fraction=0.15, reasoning_fraction=0.1, warm_fraction=0.1, reasoning_weight=2.0)

@@ -21,6 +21,7 @@ from adactrl.models.pretrain_config import PretrainConfig
         ({"top_k_draw_fraction": 1.2}, r"top_k_draw_fraction and budget_slot_prob are probabilities in \[0, 1\]"),
         ({"expert_size": 0}, "expert_size must be at least 1, got 0"),
         ({"num_experts": 4}, "num_experts must be at least the default top-k 8, got 4"),
+        ({"router_balance_weight": -0.01}, r"router_balance_weight must be at least 0 \(0 = off\), got -0.01"),
     ],
 )
 def test_bad_settings_are_refused(overrides, message):
