@@ -217,7 +217,8 @@ class RouterRecorder:
         """The Switch Transformer / OLMoE load-balancing loss, averaged over the blocks run:
         E * sum_i f_i * P_i, where f_i is the share of top-k slots that went to expert i and P_i
         its mean router probability, over the real (`valid`, [B*L] bool) tokens. It is 1 when
-        routing is balanced and E when one expert takes every token."""
+        routing is balanced (or flat) and at most E / top-k, reached when the same top-k experts
+        take every token."""
         losses = []
         for logits, top_k in self.calls:
             probs = logits[valid].float().softmax(dim=-1)  # [T, E]
