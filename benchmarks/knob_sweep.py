@@ -26,7 +26,7 @@ from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_fron
 # Which families each knob should hurt when lowered alone.
 KNOB_FAMILIES = {
     "tier": ("digit", "parity"),
-    "top_k": ("count", "exists", "position", "same_color"),
+    "top_k": ("price",),
     "num_blocks": ("count", "exists", "position", "same_color"),
 }
 

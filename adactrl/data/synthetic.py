@@ -30,7 +30,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 48
-FAMILIES: tuple[str, ...] = ("color", "shape", "count", "exists", "position", "same_color", "digit", "parity")
+FAMILIES: tuple[str, ...] = (
+    "color", "shape", "count", "exists", "position", "same_color", "digit", "parity", "price",
+)  # fmt: skip
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 NUM_ANSWERS = 10
 QUESTION_ID_STRIDE = 10_000_000
@@ -91,6 +93,7 @@ _QUESTIONS: dict[str, str] = {
     "same_color": "are the two big objects the same color ?",
     "digit": "what digit is in the box ?",
     "parity": "is the digit in the box odd or even ?",
+    "price": "how much does the {shape} cost ?",
 }
 _FILLED_WORDS = (*COLOR_NAMES, *SHAPES, *DIGITS, *NUMBER_WORDS, "a", "an", "yes", "no", "left", "right", "odd", "even")
 VOCABULARY: tuple[str, ...] = tuple(
@@ -124,6 +127,17 @@ _NEIGHBOUR_COLORS = {
     "red": ("orange", "purple"), "orange": ("red", "yellow"), "yellow": ("orange", "green"),
     "green": ("yellow", "blue"), "blue": ("green", "purple"), "purple": ("blue", "red"),
 }  # fmt: skip
+_PRICE_SEED = 2026
+PRICES: dict[tuple[str, str, bool], str] = dict(
+    zip(
+        [(c, s, big) for c in COLOR_NAMES for s in SHAPES for big in (False, True)],
+        (str(p) for p in np.random.default_rng(_PRICE_SEED).permutation(np.arange(36) % 10)),
+    )
+)
+"""The synthetic world's price list: (colour, shape, big) -> a price 0-9, every price 3-4 times,
+drawn once (seed _PRICE_SEED) so that no colour, shape or size alone predicts it. The `price`
+family asks it, like a VQA question that needs outside knowledge: the image says which object,
+only memorised facts say what it costs."""
 _CONFUSABLE_DIGITS = {
     "0": ("8",), "1": ("7",), "2": ("3", "7"), "3": ("8",), "4": ("9",),
     "5": ("6",), "6": ("5", "8"), "7": ("1",), "8": ("0", "3"), "9": ("4",),
@@ -365,10 +379,19 @@ def _parity_scene(rng: np.random.Generator) -> _Scene:
     return _Scene(_QUESTIONS["parity"], "odd" if int(scene.answer) % 2 else "even", scene.things, scene.digit)
 
 
+def _price_scene(rng: np.random.Generator) -> _Scene:
+    shape, color, big = _pick(rng, SHAPES), _pick(rng, COLOR_NAMES), bool(rng.random() < 0.5)
+    target = _Thing(shape, color, _size(rng, _BIG if big else _SMALL))
+    # Distractors never share the target's shape, so "the {shape}" names one object.
+    others = [s for s in SHAPES if s != shape]
+    pairs = [(_pick(rng, COLOR_NAMES), _pick(rng, others)) for _ in range(int(rng.integers(1, 4)))]
+    return _Scene(_QUESTIONS["price"].format(shape=shape), PRICES[(color, shape, big)], (target, *_things(rng, pairs)))
+
+
 _SCENES: dict[str, Callable[[np.random.Generator], _Scene]] = {
     "color": _color_scene, "shape": _shape_scene, "count": _count_scene,
     "exists": _exists_scene, "position": _position_scene, "same_color": _same_color_scene,
-    "digit": _digit_scene, "parity": _parity_scene,
+    "digit": _digit_scene, "parity": _parity_scene, "price": _price_scene,
 }  # fmt: skip
 
 
@@ -480,6 +503,8 @@ def _alternatives(family: str, answer: str) -> tuple[str, ...]:
             return ("right",) if answer == "left" else ("left",)
         case "parity":
             return ("even",) if answer == "odd" else ("odd",)
+        case "price":  # a price misremembered by one
+            return (str((int(answer) + 9) % 10), str((int(answer) + 1) % 10))
         case _:  # digit
             return _CONFUSABLE_DIGITS[answer]
 

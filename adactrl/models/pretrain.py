@@ -39,6 +39,8 @@ class KnobDraw:
 
 
 REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position", "same_color")
+RECALL_FAMILIES: tuple[str, ...] = ("price",)
+"""Families answered from facts stored in the weights; drawn as often as a reasoning family."""
 """The families that compose what several image tokens show; they are learned first."""
 
 
@@ -141,7 +143,8 @@ def curriculum(step: int, config: PretrainConfig) -> Stage:
         return Stage("reasoning-low", *reasoning)
     if step < ends[1]:
         return Stage("reasoning", *reasoning)
-    weights = np.array([config.reasoning_weight if f in REASONING_FAMILIES else 1.0 for f in FAMILIES])
+    weighted = REASONING_FAMILIES + RECALL_FAMILIES
+    weights = np.array([config.reasoning_weight if f in weighted else 1.0 for f in FAMILIES])
     mixed = (FAMILIES, weights / weights.sum())
     if step < ends[2]:
         return Stage("warm", *mixed, 0.0)

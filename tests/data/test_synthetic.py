@@ -25,6 +25,8 @@ from adactrl.data.synthetic import (
     DIGIT_BOX_WIDTH,
     DIGIT_GRID,
     DIGITS,
+    PRICES,
+    SHAPES,
     balancing_ink,
     digit_box_pattern,
 )
@@ -72,7 +74,7 @@ def test_columns_types_and_majority_answers():
 
 
 def test_families_are_round_robin_and_tokens_in_vocabulary():
-    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=8 * 8, seed=1))
+    dataset = make_synthetic_vqa(SyntheticVQAConfig(num_questions=len(FAMILIES) * 8, seed=1))
     assert dataset["family"] == list(FAMILIES) * 8
     vocabulary = set(VOCABULARY)
     for row in dataset:
@@ -172,6 +174,30 @@ def test_parity_asks_about_the_digit_drawn():
         assert sample.question == "is the digit in the box odd or even ?"
         assert sample.digit is not None and sample.digit_box is not None
         assert sample.answer == ("odd" if int(sample.digit) % 2 else "even")
+
+
+def test_price_reads_the_named_object_from_the_price_list():
+    answers = Counter()
+    for sample in _samples("price", 200):
+        shape = sample.question.split()[4]
+        assert sample.question == f"how much does the {shape} cost ?"
+        named = [o for o in sample.objects if o.shape == shape]
+        assert len(named) == 1, "the other objects are other shapes, so the question names one object"
+        assert sample.answer == PRICES[(named[0].color, shape, named[0].big)]
+        assert all((int(a) - int(sample.answer)) % 10 in (0, 1, 9) for a in sample.answers)  # off by one at most
+        answers[sample.answer] += 1
+    assert set(answers) == set(DIGITS)
+
+
+def test_price_list_is_fixed_balanced_and_not_one_attribute():
+    assert len(PRICES) == len(COLORS) * len(SHAPES) * 2
+    assert sorted(Counter(PRICES.values()).values()) == [3] * 4 + [4] * 6
+    # No colour, no shape and no size alone fixes the price: the answer is a stored conjunction.
+    for attribute in range(3):
+        groups: dict = {}
+        for key, price in PRICES.items():
+            groups.setdefault(key[attribute], set()).add(price)
+        assert all(len(prices) >= 3 for prices in groups.values())
 
 
 def test_canonical_answer_is_most_frequent_then_first():
