@@ -23,11 +23,12 @@ from adactrl.models.embedded import EmbeddedVLM
 from adactrl.plots import plot_pareto
 from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
-# Which families each knob should hurt when lowered alone.
+# Which families each knob should hurt when lowered alone. `price` is a stored fact held by the
+# experts of the blocks both knobs reach, so fewer experts and fewer blocks both take it away.
 KNOB_FAMILIES = {
     "tier": ("digit", "parity"),
     "top_k": ("price",),
-    "num_blocks": ("count", "exists", "position", "same_color"),
+    "num_blocks": ("count", "exists", "position", "same_color", "price"),
 }
 
 
