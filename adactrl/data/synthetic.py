@@ -128,11 +128,9 @@ _NEIGHBOUR_COLORS = {
     "green": ("yellow", "blue"), "blue": ("green", "purple"), "purple": ("blue", "red"),
 }  # fmt: skip
 _PRICE_SEED = 2026
+_PRICED = [(c, s, big) for c in COLOR_NAMES for s in SHAPES for big in (False, True)]
 PRICES: dict[tuple[str, str, bool], str] = dict(
-    zip(
-        [(c, s, big) for c in COLOR_NAMES for s in SHAPES for big in (False, True)],
-        (str(p) for p in np.random.default_rng(_PRICE_SEED).permutation(np.arange(36) % 10)),
-    )
+    zip(_PRICED, (str(p) for p in np.random.default_rng(_PRICE_SEED).permutation(np.arange(len(_PRICED)) % 10)))
 )
 """The synthetic world's price list: (colour, shape, big) -> a price 0-9, every price 3-4 times,
 drawn once (seed _PRICE_SEED) so that no colour, shape or size alone predicts it. The `price`
