@@ -39,9 +39,9 @@ class KnobDraw:
 
 
 REASONING_FAMILIES: tuple[str, ...] = ("count", "exists", "position", "same_color")
+"""The families that compose what several image tokens show; they are learned first."""
 RECALL_FAMILIES: tuple[str, ...] = ("price",)
 """Families answered from facts stored in the weights; drawn as often as a reasoning family."""
-"""The families that compose what several image tokens show; they are learned first."""
 
 
 def draw_knobs(
