@@ -23,11 +23,13 @@ from adactrl.models.embedded import EmbeddedVLM
 from adactrl.plots import plot_pareto
 from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
-# Which families each knob should hurt when lowered alone. `price` is a stored fact held by the
-# experts of the blocks both knobs reach, so fewer experts and fewer blocks both take it away.
+# Which families each knob should hurt when lowered alone. Top-k and the block count both take
+# expert work away (half the experts of every block the plan reaches, or every expert of the
+# dropped blocks), so both read the same families: those whose answers need per-token work after
+# the read (count, exists, position, same_color) and the stored fact `price`, which the experts hold.
 KNOB_FAMILIES = {
     "tier": ("digit", "parity"),
-    "top_k": ("price",),
+    "top_k": ("count", "exists", "position", "same_color", "price"),
     "num_blocks": ("count", "exists", "position", "same_color", "price"),
 }
 
