@@ -34,10 +34,12 @@ class PretrainConfig:
     full_plan_fraction: float = 0.35
     """Share of random-knob steps run with every block at the default top-k (at a random
     tier); the rest draw top-k, insertion and blocks at random."""
-    top_k_draw_fraction: float = 1.0
+    top_k_draw_fraction: float = 0.05
     """Share of the random (not full) plans that also draw top-k; the rest run the default
-    top-k with their random blocks and insertion (1.0 = every random plan, as the shipped
-    model was trained). Lower values train below the default top-k less often."""
+    top-k with their random blocks and insertion (1.0 = every random plan). The shipped model
+    drew it in 5% of them (about 3% of all steps): trained below the default top-k more
+    often, a model learns to answer as well with four experts, and the knob then buys latency
+    for nothing (see the README's "what has been tried")."""
     rising_knob_weights: bool = True
     """Draw top-k and the block count with weights 1..n from the cheapest value up, instead of
     uniformly, in the random-knob stage."""
@@ -52,11 +54,11 @@ class PretrainConfig:
     num_experts: int = 16
     """Experts per block (`EmbeddedConfig.num_experts`); the default top-k (8) of them run per
     token, so it must be at least 8."""
-    train_routers: bool = True
-    """Train the MoE routers. Off, every router keeps its random initial weights (hash-like
-    routing, as in Roller et al. 2021): it cannot learn to send a fact to one expert, so the
-    experts each token runs share the work (measured: top-4 still answers almost as top-8 does,
-    see the README's stored-fact models)."""
+    train_routers: bool = False
+    """Train the MoE routers (`--train_routers`). Off, as the shipped model was trained, every
+    router keeps its random initial weights (hash-like routing, Roller et al. 2021): a learned
+    router puts what the answers need into its first pick, so top-1 answers as top-8 does and
+    the top-k knob takes nothing away (measured, see the README's "what has been tried")."""
     router_balance_weight: float = 0.0
     """Weight of the load-balancing loss on every MoE router (Switch Transformer / OLMoE's
     auxiliary loss, `RouterRecorder.balance_loss`; OLMoE trains with 0.01). 0 = off, as the

@@ -101,8 +101,9 @@ def test_the_default_schedule_is_the_curriculum_of_the_shipped_model():
     assert config.rising_knob_weights and config.stem_self_only
     shipped = EmbeddedVLM.load().config
     assert (config.expert_size, config.num_experts, config.top_k_draw_fraction) == (
-        shipped.expert_size, shipped.num_experts, 1.0
+        shipped.expert_size, shipped.num_experts, 0.05
     )
+    assert not config.train_routers
     assert DEFAULT_TOP_K == EmbeddedConfig.top_k == shipped.top_k  # the torch-free copy keeps up
     assert [curriculum(step, config).slot_prob for step in (34, 35, 99)] == [0.0, config.budget_slot_prob / 13, 0.5]
 
