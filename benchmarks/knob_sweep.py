@@ -23,18 +23,16 @@ from tqdm import tqdm
 
 from adactrl.data import load_vqa_dataset
 from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models.pretrain import REASONING_FAMILIES, RECALL_FAMILIES
 from adactrl.plots import plot_pareto
 from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
 # Which families each knob should hurt when lowered alone. Top-k and the block count both take
 # expert work away (half the experts of every block the plan reaches, or every expert of the
 # dropped blocks), so both read the same families: those whose answers need per-token work after
-# the read (count, exists, position, same_color) and the stored fact `price`, which the experts hold.
-KNOB_FAMILIES = {
-    "tier": ("digit", "parity"),
-    "top_k": ("count", "exists", "position", "same_color", "price"),
-    "num_blocks": ("count", "exists", "position", "same_color", "price"),
-}
+# the read (the reasoning families) and the stored facts the experts hold (the recall families).
+EXPERT_FAMILIES = REASONING_FAMILIES + RECALL_FAMILIES
+KNOB_FAMILIES = {"tier": ("digit", "parity"), "top_k": EXPERT_FAMILIES, "num_blocks": EXPERT_FAMILIES}
 
 
 def main() -> None:
@@ -78,7 +76,11 @@ def main() -> None:
         "num_blocks": [by_knobs[(full.tier, full.top_k, n)] for n in space.num_blocks_values[:-1]],
     }
     full_runs = [r.latency_ms for r in records if r.plan == full.plan]
-    check_records = records + more_check_records(model, plans, full, single_knob, args)
+    lowest = {knob: lowered[0].plan for knob, lowered in single_knob.items()}
+    more = []
+    if args.check_questions > args.num_questions:
+        more = list(load_vqa_dataset("synthetic", "test", args.check_questions, args.seed))[args.num_questions :]
+    check_records = records + more_check_records(model, plans, full.plan, lowest, more)
     checks = acceptance(full, cheapest, single_knob, frontier, statistics.median(full_runs), check_records)
 
     print_table(summaries, {s.plan for s in frontier})
@@ -117,26 +119,29 @@ def main() -> None:
     print(f"wrote {output} and {output.with_suffix('.png')}")
 
 
-def more_check_records(model, plans, full, single_knob, args) -> list[SweepRecord]:
-    """The single-knob checks on the test questions past the sweep's own, up to
-    `--check_questions`: a knob's cost on its families can be a few points, which the sweep's
-    500 questions (about 55 per family) cannot tell from noise. Only the full plan and each
-    knob's lowest value run, each on the families it is checked on."""
-    if args.check_questions <= args.num_questions:
+def more_check_records(
+    model: EmbeddedVLM, plans: list, full_plan: str, lowest: dict[str, str], rows: list[dict]
+) -> list[SweepRecord]:
+    """The single-knob checks on the test questions past the sweep's own (`--check_questions`):
+    a knob's cost on its families can be a few points, which the sweep's 500 questions (about
+    55 per family) cannot tell from noise. Only the full plan and each knob's lowest value
+    (`lowest`, knob -> plan name) run, each on the families it is checked on."""
+    if not rows:
         return []
+    runs = {full_plan: set().union(*KNOB_FAMILIES.values())}
+    for knob, plan in lowest.items():
+        runs.setdefault(plan, set()).update(KNOB_FAMILIES[knob])
     by_name = {p.name: p for p in plans}
-    rows = list(load_vqa_dataset("synthetic", "test", args.check_questions, args.seed))[args.num_questions :]
-    runs = {full.plan: set().union(*KNOB_FAMILIES.values())}
-    for knob, lowered in single_knob.items():
-        runs.setdefault(lowered[0].plan, set()).update(KNOB_FAMILIES[knob])
-    records = []
+    records: list[SweepRecord] = []
     started = time.perf_counter()
     for name, families in runs.items():
         chosen = [r for r in rows if r["family"] in families]
+        if not chosen:
+            continue
         with tqdm(total=len(chosen), desc=f"check {name}", unit="run") as bar:
             records += sweep(model, chosen, [by_name[name]], progress=bar.update)
-    print(f"single-knob checks: {len(records)} more runs on test questions {args.num_questions}-"
-          f"{args.check_questions - 1} in {(time.perf_counter() - started) / 60:.1f} min")
+    print(f"single-knob checks: {len(records)} more runs on {len(rows)} more test questions "
+          f"in {(time.perf_counter() - started) / 60:.1f} min")
     return records
 
 
