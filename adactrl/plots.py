@@ -70,15 +70,63 @@ def plot_metric_vs_budget(
     return _finish(fig, ax, path, "latency budget (ms)", ylabel, title)
 
 
-def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+TRAINING_CURVE_PANELS = (
+    ("val/reward", "validation reward"),
+    ("val/accuracy", "validation accuracy"),
+    ("val/latency_ms", "validation latency (ms)"),
+    ("val/violation_rate", "budget violation rate"),
+)
+
+
+def plot_training_curves(rows: Sequence[dict], path: str | Path) -> Path:
+    """One panel per validation metric over the epochs (rows of validation_history.csv)."""
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    epochs = [int(float(r["epoch"])) for r in rows]
+    for ax, (key, label) in zip(axes.flat, TRAINING_CURVE_PANELS):
+        values = [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+        ax.plot(epochs, values, "o-", color="tab:red", lw=1.5, ms=4)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("Validation (greedy controller) per epoch; epoch 0 is untrained")
+    return _save(fig, path)
+
+
+def plot_budget_curves(points: Sequence, oracle: Sequence, path: str | Path) -> Path:
+    """Accuracy and mean latency against the budget: the controller, and the static oracle where
+    given. Points are `adactrl.training.outputs.BudgetPoint`s."""
+    fig, (acc, lat) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, series, style in (("controller", points, _METHOD_STYLES["controller"]),
+                                 ("static oracle", oracle, _METHOD_STYLES["oracle"])):  # fmt: skip
+        if not series:
+            continue
+        budgets = [p.budget_ms for p in series]
+        acc.plot(budgets, [p.accuracy for p in series], label=label, **style)
+        lat.plot(budgets, [p.latency_ms for p in series], label=label, **style)
+    budgets = [p.budget_ms for p in points]
+    lat.plot(budgets, budgets, color="gray", lw=0.8, ls=":", label="latency = budget")
+    for ax, ylabel in ((acc, "accuracy"), (lat, "mean end-to-end latency (ms)")):
+        ax.set_xlabel("latency budget (ms)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Accuracy and latency vs budget (validation)")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _finish(fig: plt.Figure, ax: plt.Axes, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

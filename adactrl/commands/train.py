@@ -82,8 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--output_dir", default=_T.output_dir)
     out.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output_dir")
     out.add_argument("--mlflow_tracking_uri", default=None,
-                     help="MLflow tracking URI (default: MLflow's own, sqlite:///mlflow.db in the working directory)")
-    out.add_argument("--mlflow_experiment", default=_T.mlflow_experiment)
+                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
+                          "working directory)")
+    out.add_argument("--mlflow_experiment", default=None,
+                     help=f"MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else {_T.mlflow_experiment})")
     out.add_argument("--ray_address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.set_defaults(run=run_command)
 
@@ -91,6 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Every check in the config dataclasses runs here, before a model is loaded or Ray starts."""
     from adactrl.reward import RewardConfig
+    from adactrl.training.outputs import resolve_experiment, resolve_tracking_uri
 
     coefficients = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "delta", "epsilon")}
     return TrainConfig(
@@ -119,14 +122,18 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         latency_estimator=args.latency_estimator,
         load_checkpoint=args.load_checkpoint,
         resume=args.resume,
-        mlflow_tracking_uri=args.mlflow_tracking_uri,
-        mlflow_experiment=args.mlflow_experiment,
+        mlflow_tracking_uri=resolve_tracking_uri(args.mlflow_tracking_uri),
+        mlflow_experiment=resolve_experiment(args.mlflow_experiment, _T.mlflow_experiment),
         ray_address=args.ray_address,
     )
 
 
 def run_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    from adactrl.training.outputs import check_tracking_uri, check_writable
+
+    check_writable(Path(config.output_dir))  # both fail in seconds, before the model loads or Ray starts
+    check_tracking_uri(config.mlflow_tracking_uri)
     from adactrl.training.dashboard import TrainingDashboard
     from adactrl.training.driver import run_training  # Ray is imported only once the flags are good
 

@@ -31,7 +31,7 @@ from adactrl.training.checkpoints import (
 )
 from adactrl.training.config import TrainConfig, WorkerConfig
 from adactrl.training.loop import LocalBackend, Trainer, split_evenly
-from adactrl.training.outputs import LOG_FILE, TRAINING_HISTORY, VALIDATION_HISTORY, RunRecorder
+from adactrl.training.outputs import LOG_FILE, TRAINING_HISTORY, VALIDATION_HISTORY, RunRecorder, run_tags
 from adactrl.training.records import RolloutBatch, RolloutRequest, WeightsRef
 from adactrl.training.rollout import EstimatedRunLatency, LatencyFn, measured_latency
 from adactrl.training.summary import format_summary, static_oracle
@@ -208,6 +208,7 @@ def run_training(
     recorder = RunRecorder(
         output_dir, tracking_uri=config.mlflow_tracking_uri, experiment=config.mlflow_experiment,
         run_id=state.mlflow_run_id, run_name=output_dir.name,
+        tags=run_tags(config.model_path, config.data.dataset_names),
     )  # fmt: skip
     ok = False
     try:

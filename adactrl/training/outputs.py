@@ -1,7 +1,8 @@
 """What a run leaves behind besides checkpoints: the history CSVs, the log file and the MLflow run.
 
 MLflow is written through `MlflowClient` (no global active run), so several runs can live in
-one process (the tests). With no tracking URI the run goes where MLflow's own default puts it,
+one process (the tests). The tracking URI and experiment follow MLflow's own conventions: a flag
+wins, then `MLFLOW_TRACKING_URI` / `MLFLOW_EXPERIMENT_NAME`, then MLflow's default,
 `sqlite:///mlflow.db` in the working directory with artifacts under ./mlruns, so every run
 started from one directory lands in one store that `mlflow ui` there shows.
 """
@@ -10,18 +11,25 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+import socket
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 TRAINING_HISTORY = "training_history.csv"
 VALIDATION_HISTORY = "validation_history.csv"
 LOG_FILE = "train.log"
+TRAINING_CURVES = "training_curves.png"
+BUDGET_CURVES = "budget_curves.png"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+PROBE_TIMEOUT_S = 3.0
 _BATCH = 200  # MLflow's log_batch accepts at most 1000 metrics; stay well under it
 
 
@@ -68,16 +76,20 @@ class RunRecorder:
         experiment: str,
         run_id: str | None = None,
         run_name: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> None:
         self.output_dir = output_dir
-        output_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(output_dir)
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        check_tracking_uri(self.tracking_uri)
         self.train_history = CsvHistory(output_dir / TRAINING_HISTORY, "step")
         self.val_history = CsvHistory(output_dir / VALIDATION_HISTORY, "epoch")
         self.log = logging.getLogger("adactrl.train")
         self._handler = _add_file_handler(self.log, output_dir / LOG_FILE)
-        self.tracking_uri = tracking_uri or DEFAULT_TRACKING_URI
         self.client = MlflowClient(self.tracking_uri)
-        self.run_id = self._open_run(experiment, run_id, run_name)
+        self.run_id = self._open_run(resolve_experiment(experiment), run_id, run_name)
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
 
     def _open_run(self, experiment: str, run_id: str | None, run_name: str | None) -> str:
         if run_id is not None:
@@ -86,11 +98,15 @@ class RunRecorder:
                 return run_id
             except Exception as err:  # the store changed between runs: keep going in a new run
                 self.log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, err)
-        found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=_artifact_location(self.tracking_uri)
-        )
-        return self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                experiment, artifact_location=_artifact_location(self.tracking_uri)
+            )
+            return self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        except Exception as err:
+            raise ValueError(f"cannot open an MLflow run at tracking URI {self.tracking_uri} ({err}); fix "
+                             "--mlflow_tracking_uri or MLFLOW_TRACKING_URI") from err
 
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
@@ -116,11 +132,109 @@ class RunRecorder:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))
 
+    def log_budget_curves(self, points: Sequence[BudgetPoint], oracle: Sequence[BudgetPoint] = ()) -> Path:
+        """Accuracy and latency against the budget (the controller's validation, and the static
+        oracle's where given) as `budget_curves.png` in the output dir and the MLflow run."""
+        from adactrl.plots import plot_budget_curves
+
+        path = plot_budget_curves(points, oracle, self.output_dir / BUDGET_CURVES)
+        self.client.log_artifact(self.run_id, str(path))
+        return path
+
     def finish(self, ok: bool) -> None:
+        """Draw the per-epoch validation curves (when there are any), then close the MLflow run."""
+        if len(self.val_history.rows) >= 1:
+            from adactrl.plots import plot_training_curves
+
+            path = plot_training_curves(self.val_history.rows, self.output_dir / TRAINING_CURVES)
+            self.client.log_artifact(self.run_id, str(path))
         status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
         self.client.set_terminated(self.run_id, status=status)
         self.log.removeHandler(self._handler)
         self._handler.close()
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """One budget's aggregate: what `budget_curves.png` draws."""
+
+    budget_ms: float
+    accuracy: float
+    latency_ms: float
+    violation_rate: float
+
+
+def budget_points(records: Iterable) -> list[BudgetPoint]:
+    """Per-budget means over evaluation records (each with budget_ms, accuracy, violated and
+    latency_ms, a float or a dict holding "total")."""
+    by_budget: dict[float, list] = {}
+    for record in records:
+        by_budget.setdefault(record.budget_ms, []).append(record)
+    points = []
+    for budget, rows in sorted(by_budget.items()):
+        latency = [r.latency_ms["total"] if isinstance(r.latency_ms, dict) else r.latency_ms for r in rows]
+        points.append(BudgetPoint(budget, sum(r.accuracy for r in rows) / len(rows), sum(latency) / len(rows),
+                                  sum(float(r.violated) for r in rows) / len(rows)))  # fmt: skip
+    return points
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The flag, else `MLFLOW_TRACKING_URI`, else MLflow's local default."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def resolve_experiment(name: str | None, default: str = "adactrl-train") -> str:
+    """The flag, else `MLFLOW_EXPERIMENT_NAME`, else `default`."""
+    return name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or default
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail in seconds, naming the URI, where the tracking store cannot be reached: a server that
+    does not answer (MLflow itself would retry for minutes) or a database in a folder that cannot
+    be written. Runs before Ray starts."""
+    parsed = urlparse(uri)
+    hint = "; fix --mlflow_tracking_uri or MLFLOW_TRACKING_URI"
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=PROBE_TIMEOUT_S).close()
+        except OSError as err:
+            raise ValueError(f"cannot reach the MLflow tracking server at {uri} ({err}){hint}") from err
+    elif parsed.scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        if not (folder.is_dir() and os.access(folder, os.W_OK)):
+            raise ValueError(f"MLflow tracking URI {uri}: the folder {folder} does not exist or cannot be "
+                             f"written{hint}")  # fmt: skip
+    elif parsed.scheme not in ("", "file", "databricks", "postgresql", "mysql", "mssql"):
+        raise ValueError(f"MLflow tracking URI {uri}: unknown scheme {parsed.scheme!r}{hint}")
+
+
+def check_writable(output_dir: Path) -> None:
+    """Create `output_dir` and prove a file can be written there, or say which path is wrong."""
+    hint = "; choose another --output_dir"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder{hint}")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"--output_dir {output_dir} cannot be written ({err.strerror or err}){hint}") from err
+
+
+def run_tags(model_path: str | None, dataset_names: Sequence[str]) -> dict[str, str]:
+    """MLflow tags of a run: the source commit where the package sits in a git checkout (MLflow's
+    own tag key, shown in its UI), the model and the datasets."""
+    tags = {"adactrl.model_path": model_path or "embedded (shipped)", "adactrl.datasets": ",".join(dataset_names)}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return tags
+    if commit.returncode == 0:
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    return tags
 
 
 def _artifact_location(tracking_uri: str) -> str | None:
