@@ -19,8 +19,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def normalise_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """Every flag is spelled with underscores (`--num_epochs`, as in the seed documents). A dashed
+    spelling of a known flag (`--list-vocabulary`, `--no-stem_self_only`) still works for one
+    release, with a warning that names the new spelling."""
+    argv = list(argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = commands.get(argv[0]) if argv else None
+    if command is None:
+        return argv
+    known = command._option_string_actions
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg == "--":
+            break
+        flag, sep, value = arg.partition("=")
+        if not flag.startswith("--") or flag in known:
+            continue
+        spelled = "--" + flag[2:].replace("-", "_")
+        if spelled in known:
+            print(f"adactrl {argv[0]}: warning: {flag} is deprecated and will be removed in the next release; "
+                  f"use {spelled}", file=sys.stderr)  # fmt: skip
+            argv[i] = spelled + sep + value
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(normalise_flags(parser, sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as err:

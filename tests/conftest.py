@@ -1,8 +1,41 @@
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------
+# Hermetic environment, set before anything else is imported: no test reads or writes the user's
+# home. A local `ray.init()` would otherwise create ~/.ray/auth_token (Ray 2.60 turns token
+# authentication on by default), matplotlib and Hugging Face write caches under ~/.cache, and an
+# MLFLOW_TRACKING_URI or RAY_ADDRESS from the user's shell would send test runs to their servers.
+# Every Ray process the tests start (the shared local instance, `ray start --head`, the job
+# client) reads the session's own token through RAY_AUTH_TOKEN_PATH.
+# ---------------------------------------------------------------------------------------------
+import atexit
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+TEST_HOME = Path(tempfile.mkdtemp(prefix="adactrl-test-home-"))
+atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
+RAY_TOKEN_PATH = TEST_HOME / "ray_auth_token"
+RAY_TOKEN_PATH.write_text(secrets.token_hex(32))
+for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "RAY_ADDRESS", "RAY_AUTH_TOKEN"):
+    os.environ.pop(name, None)
+os.environ.update(
+    HOME=str(TEST_HOME),
+    XDG_CACHE_HOME=str(TEST_HOME / ".cache"),
+    XDG_CONFIG_HOME=str(TEST_HOME / ".config"),
+    MPLCONFIGDIR=str(TEST_HOME / ".config" / "matplotlib"),
+    HF_HOME=str(TEST_HOME / ".cache" / "huggingface"),
+    HF_HUB_OFFLINE="1",
+    RAY_AUTH_MODE="token",
+    RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_PATH),
+)
+# --------------------------------------------------------------------------- end environment
+
 # ---------------------------------------------------------------------------------------------
 # Model fixtures: a tiny random EmbeddedVLM for mechanics, the shipped model where weights matter.
 # ---------------------------------------------------------------------------------------------
-from __future__ import annotations
-
 import pytest
 import torch
 from torch import nn

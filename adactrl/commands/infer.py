@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "start's (CUDA context and kernel loading: about 1 s on an H100); 0 times the first run")
     p.add_argument("--seed", type=int, default=0, help="seeds the untrained controller")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--list-vocabulary", action="store_true", help="print the embedded model's words and exit")
+    p.add_argument("--list_vocabulary", action="store_true", help="print the embedded model's words and exit")
     p.set_defaults(run=run)
 
 

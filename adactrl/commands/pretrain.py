@@ -39,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, help_text in _FLAGS.items():
         text = f"{help_text} (default {defaults[name]})"
         if isinstance(defaults[name], bool):
-            p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=defaults[name], help=text)
+            p.add_argument(f"--{name}", action="store_true", default=defaults[name], help=text)
+            p.add_argument(f"--no_{name}", dest=name, action="store_false", help=f"turn --{name} off")
         else:
             kind = int if isinstance(defaults[name], int) else float
             p.add_argument(f"--{name}", type=kind, default=defaults[name], help=text)

@@ -51,7 +51,7 @@ class WordTokenizer:
         if unknown:
             raise ValueError(
                 f"words outside the embedded model's vocabulary: {list(dict.fromkeys(unknown))}; "
-                "rephrase with known words (see `adactrl infer --list-vocabulary`)"
+                "rephrase with known words (see `adactrl infer --list_vocabulary`)"
             )
         return encoding.ids
 

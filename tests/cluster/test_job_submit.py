@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import RAY_TOKEN_PATH
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 SUBMIT = REPO / "cluster" / "submit.sh"
@@ -40,8 +42,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def client_env(dashboard_url: str) -> dict[str, str]:
-    """The same RAY_AUTH_MODE as the head (token); the token itself is ~/.ray/auth_token."""
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_ADDRESS=dashboard_url)
+    """The head's auth mode and token: the session's own token file (tests/conftest.py), never
+    the user's ~/.ray/auth_token."""
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_PATH), RAY_ADDRESS=dashboard_url)
     env["PATH"] = f"{RAY.parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -97,7 +100,8 @@ def start_head(command: list[str], env: dict[str, str], temp_dir: str, timeout_s
 def ray_head():
     """A head on loopback with the Jobs API (dashboard) and token auth; yields its dashboard URL."""
     # No prestarted idle workers: on a busy machine they slow the agents the raylet waits for.
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_enable_worker_prestart="0")
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(RAY_TOKEN_PATH),
+               RAY_enable_worker_prestart="0")
     env.pop("RAY_ADDRESS", None)
     temp_dirs: list[str] = []
     try:

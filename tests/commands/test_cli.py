@@ -1,5 +1,6 @@
 """The `adactrl` command line, in process, on the shipped model."""
 
+import argparse
 import json
 import shutil
 
@@ -7,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from adactrl.cli import main
+from adactrl.cli import build_parser, main, normalise_flags
 from adactrl.controller import Controller, ControllerConfig, save_controller
 from adactrl.executor import STAGES
 from adactrl.knobs import KnobSpace
@@ -110,7 +111,7 @@ def test_infer_missing_image_names_the_path(shared_model, tmp_path, capsys):
 def test_infer_unknown_words_are_named(shared_model, question, capsys):
     assert infer((question[0], "what colour is the zebra ?"), "--budget", "100") == 2
     err = capsys.readouterr().err
-    assert "'colour', 'zebra'" in err and "--list-vocabulary" in err
+    assert "'colour', 'zebra'" in err and "--list_vocabulary" in err
 
 
 def test_infer_needs_image_prompt_and_budget(shared_model, capsys):
@@ -119,8 +120,29 @@ def test_infer_needs_image_prompt_and_budget(shared_model, capsys):
 
 
 def test_list_vocabulary(shared_model, capsys):
-    assert main(["infer", "--list-vocabulary"]) == 0
+    assert main(["infer", "--list_vocabulary"]) == 0
     assert capsys.readouterr().out.split() == shared_model.tokenizer.vocabulary()
+
+
+def test_dashed_flags_still_work_for_one_release_with_a_warning(shared_model, capsys):
+    assert main(["infer", "--list-vocabulary"]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == shared_model.tokenizer.vocabulary()
+    assert "--list-vocabulary is deprecated" in err and "use --list_vocabulary" in err
+
+
+def test_every_flag_of_every_command_is_spelled_with_underscores():
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    dashed = {f"{name} {flag}" for name, command in commands.choices.items()
+              for flag in command._option_string_actions if flag.startswith("--") and "-" in flag[2:]}  # fmt: skip
+    assert not dashed
+
+
+def test_normalise_flags_leaves_values_and_positionals_after_the_separator_alone():
+    parser = build_parser()
+    argv = ["tune", "--num-samples=2", "--", "--num-epochs", "1"]
+    assert normalise_flags(parser, argv) == ["tune", "--num_samples=2", "--", "--num-epochs", "1"]
 
 
 def test_infer_with_a_controller_checkpoint(shared_model, question, tmp_path, capsys):
@@ -177,7 +199,7 @@ def test_pretrain_embedded_flags_reach_the_config(monkeypatch, tmp_path):
     monkeypatch.setattr(pretrain_module, "pretrain", lambda config, log: seen.update(config=config))
     monkeypatch.setattr(importance_command, "write_importance", lambda *args: seen.setdefault("importance", args))
     args = ["pretrain-embedded", "--output_dir", str(tmp_path), "--steps", "7", "--warm_fraction", "0.3"]
-    assert main([*args, "--full_plan_fraction", "0.5", "--max_minutes", "2", "--no-rising_knob_weights", "--no-stem_self_only"]) == 0
+    assert main([*args, "--full_plan_fraction", "0.5", "--max_minutes", "2", "--no_rising_knob_weights", "--no_stem_self_only"]) == 0
     config = seen["config"]
     assert (config.steps, config.warm_fraction, config.full_plan_fraction, config.max_minutes) == (7, 0.3, 0.5, 2.0)
     assert not config.rising_knob_weights and not config.stem_self_only and config.slot_ramp_fraction == 0.2
