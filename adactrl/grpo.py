@@ -6,13 +6,14 @@ num_blocks). A group is one (sample, budget) pair; its plans are compared only w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from adactrl.metrics import (
+    FRAC_ACCURACY_EQUAL,
     FRAC_REWARD_ZERO_STD,
     LOSS_APPROX_KL,
     LOSS_CLIP_FRACTION,
@@ -34,14 +35,32 @@ class GroupStats:
     num_groups: int
     num_zero_std: int
     """Groups whose rewards were all equal (single-member groups included): advantage 0."""
+    num_accuracy_equal: int = 0
+    """Groups whose plans all scored the same accuracy (`with_accuracy_equal`): their rewards
+    differ only through latency, so measured noise makes them rarely zero-std."""
 
     @property
     def frac_reward_zero_std(self) -> float:
         return self.num_zero_std / self.num_groups if self.num_groups else 0.0
 
+    def with_accuracy_equal(self, accuracy: Tensor, group_ids: Tensor, *, eps: float = 1e-6) -> GroupStats:
+        """These stats with `num_accuracy_equal` counted from the plans' accuracies [N]."""
+        return replace(self, num_accuracy_equal=count_equal_groups(accuracy, group_ids, eps=eps))
+
     def to_metrics(self) -> dict[str, float]:
-        return {ROLLOUT_NUM_GROUPS: float(self.num_groups),
-                FRAC_REWARD_ZERO_STD: self.frac_reward_zero_std}
+        frac_equal = self.num_accuracy_equal / self.num_groups if self.num_groups else 0.0
+        return {ROLLOUT_NUM_GROUPS: float(self.num_groups), FRAC_REWARD_ZERO_STD: self.frac_reward_zero_std,
+                FRAC_ACCURACY_EQUAL: frac_equal}  # fmt: skip
+
+
+def count_equal_groups(values: Tensor, group_ids: Tensor, *, eps: float = 1e-6) -> int:
+    """Groups whose values [N] all lie within eps of each other (max - min < eps)."""
+    _check_groups(values, group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N]: group index 0..G-1
+    num_groups = int(inverse.max()) + 1 if inverse.numel() else 0
+    high = values.new_full((num_groups,), -torch.inf).scatter_reduce(0, inverse, values, "amax")  # [G]
+    low = values.new_full((num_groups,), torch.inf).scatter_reduce(0, inverse, values, "amin")  # [G]
+    return int((high - low < eps).sum())
 
 
 def _check_groups(rewards: Tensor, group_ids: Tensor) -> None:

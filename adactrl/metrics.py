@@ -69,3 +69,8 @@ ROLLOUT_ESTIMATE_ABS_ERROR_MS = "rollout/epoch_latency_estimate_abs_error_ms"
 VAL_ESTIMATE_ERROR_MS = "val/latency_estimate_error_ms"
 """--latency_mode estimated: mean (estimated - measured) ms over a validation pass."""
 VAL_ESTIMATE_ABS_ERROR_MS = "val/latency_estimate_abs_error_ms"
+
+REWARD_MISS = REWARD_PREFIX + "miss"
+"""-miss_penalty per missed budget (adactrl.reward.RewardConfig.miss_penalty)."""
+FRAC_ACCURACY_EQUAL = "rollout/frac_accuracy_equal"
+"""Share of groups whose plans all scored the same accuracy: no accuracy signal, only latency."""

@@ -1,8 +1,14 @@
 """The shared reward of both controller stages: accuracy against measured latency and budget.
 
-    reward = alpha * accuracy - beta * latency/budget - gamma * max(0, latency - budget)/budget
+    met    = latency <= budget
+    reward = alpha * accuracy * (1 if met else missed_accuracy_weight)
+             - miss_penalty * (0 if met else 1)
+             - beta * latency/budget - gamma * max(0, latency - budget)/budget
              + delta * efficiency - epsilon * complexity
 
+The defaults are what users judge (DESIGN §2, §6): accuracy counted only when the budget is met,
+and a fixed cost per missed budget; nothing is paid for leaving budget unspent. `SEED_REWARD` is
+the seeds' five-term reward (beta, gamma, delta on; no miss penalty; a missed answer still counts).
 Latency terms are fractions of the budget so one set of coefficients works for every budget.
 """
 
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -19,6 +26,7 @@ from adactrl.metrics import (
     REWARD_COMPLEXITY,
     REWARD_EFFICIENCY,
     REWARD_LATENCY,
+    REWARD_MISS,
     REWARD_PREFIX,
     REWARD_TOTAL,
     REWARD_VIOLATION,
@@ -31,17 +39,25 @@ class RewardConfig:
 
     alpha: float = 1.0
     """Accuracy weight. The accuracy is the VQA score in [0, 1]; it sets the reward's scale."""
-    beta: float = 0.1
-    """Latency weight, per budget's worth of latency: a steady pull towards cheaper plans even
-    inside the budget. Kept small so it never outweighs a correct answer."""
-    gamma: float = 2.0
-    """Violation weight, per budget's worth of overshoot: 2.0 makes overshooting by half the
-    budget cost as much as a correct answer earns, so the policy learns to stay under."""
-    delta: float = 0.1
-    """Efficiency weight: rewards the budget fraction left unused, only for correct answers."""
+    beta: float = 0.0
+    """Latency weight, per budget's worth of latency: a pull towards cheaper plans even inside the
+    budget. 0 by default: inside the budget only accuracy counts (the seeds used 0.1)."""
+    gamma: float = 0.0
+    """Violation weight, per budget's worth of overshoot (the seeds used 2.0). 0 by default: the
+    miss penalty prices a missed budget whatever the overshoot, as the violation rate does."""
+    delta: float = 0.0
+    """Efficiency weight: pays for the budget fraction left unused, only for correct answers. 0 by
+    default: it paid the controller to under-spend (the seeds used 0.1)."""
     epsilon: float = 0.0
     """Complexity weight: charges the plan's share of the full plan's compute. Off by default
     since the latency terms already measure cost; set it to prefer lighter plans at equal speed."""
+    miss_penalty: float = 1.0
+    """Cost of a missed budget. With accuracy a in [0, 1] a plan that misses with probability q
+    earns a * (1 - q) - miss_penalty * q, so a riskier plan pays only when its accuracy gain exceeds
+    q * (a + miss_penalty): at 1.0 a 0.05 gain buys at most ~2.7% misses (the target is < 5%)."""
+    missed_accuracy_weight: float = 0.0
+    """Share of the accuracy a missed budget still earns, in [0, 1]: 0 counts an answer only when
+    its budget is met (the metric users judge); the seeds' reward counted it in full (1.0)."""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -51,6 +67,18 @@ class RewardConfig:
                     f"RewardConfig.{field.name} must be a finite number >= 0, got {value}; "
                     f"set {field.name} to a non-negative value (defaults are documented)"
                 )
+        if self.missed_accuracy_weight > 1:
+            raise ValueError(
+                f"RewardConfig.missed_accuracy_weight is a share in [0, 1], got {self.missed_accuracy_weight}; "
+                "use 0 (a missed budget earns nothing) or 1 (the seeds' reward)"
+            )
+
+
+SEED_REWARD = RewardConfig(beta=0.1, gamma=2.0, delta=0.1, miss_penalty=0.0, missed_accuracy_weight=1.0)
+"""The seeds' five-term reward (`adactrl train --beta 0.1 --gamma 2 --delta 0.1 --miss_penalty 0
+--missed_accuracy_weight 1`). For a correct answer within budget it is about 1.1 - 0.2 *
+latency/budget, so it pays for unspent budget: measured on the shipped model, its controller kept
+one plan for every question and budget (docs/controller-quality.md)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +87,7 @@ class Reward:
 
     total: float
     accuracy: float
-    """alpha * accuracy."""
+    """alpha * accuracy, times missed_accuracy_weight when the budget was missed."""
     latency: float
     """-beta * latency / budget (never positive)."""
     violation: float
@@ -68,6 +96,8 @@ class Reward:
     """delta * max(0, 1 - latency / budget) * accuracy."""
     complexity: float
     """-epsilon * complexity (never positive)."""
+    miss: float = 0.0
+    """-miss_penalty when the budget was missed, else 0."""
 
     def to_metrics(self, prefix: str = REWARD_PREFIX) -> dict[str, float]:
         """Metric keys per component; another prefix (e.g. "val/reward/") renames the namespace."""
@@ -78,6 +108,7 @@ class Reward:
             REWARD_VIOLATION: self.violation,
             REWARD_EFFICIENCY: self.efficiency,
             REWARD_COMPLEXITY: self.complexity,
+            REWARD_MISS: self.miss,
         }
         return {prefix + key.removeprefix(REWARD_PREFIX): float(v) for key, v in values.items()}
 
@@ -92,6 +123,7 @@ class RewardBatch:
     violation: Tensor  # [N]
     efficiency: Tensor  # [N]
     complexity: Tensor  # [N]
+    miss: Tensor  # [N]
 
     def mean(self) -> Reward:
         """The batch mean of every component, as one `Reward` for logging."""
@@ -125,12 +157,14 @@ def compute_reward(
     """
     _check_inputs(accuracy, latency_ms, budget_ms, complexity)
     ratio = latency_ms / budget_ms
+    missed = latency_ms > budget_ms
     parts = {
-        "accuracy": config.alpha * accuracy,
+        "accuracy": config.alpha * accuracy * (config.missed_accuracy_weight if missed else 1.0),
         "latency": -config.beta * ratio,
         "violation": -config.gamma * max(0.0, latency_ms - budget_ms) / budget_ms,
         "efficiency": config.delta * max(0.0, 1.0 - ratio) * accuracy,
         "complexity": -config.epsilon * complexity,
+        "miss": -config.miss_penalty * float(missed),
     }
     return Reward(total=sum(parts.values()), **parts)
 
@@ -155,12 +189,30 @@ def reward_tensor(
     if not bool(torch.all((complexity >= 0) & (complexity <= 1))):
         raise ValueError("complexity must be in [0, 1] everywhere (fractions of the full plan)")
     ratio = latency_ms / budget_ms  # [N]
-    acc = config.alpha * accuracy  # [N]
+    missed = (latency_ms > budget_ms).to(accuracy.dtype)  # [N] 1.0 where the budget was missed
+    acc = config.alpha * accuracy * (1 - missed * (1 - config.missed_accuracy_weight))  # [N]
     lat = -config.beta * ratio  # [N]
     vio = -config.gamma * torch.clamp(latency_ms - budget_ms, min=0) / budget_ms  # [N]
     eff = config.delta * torch.clamp(1 - ratio, min=0) * accuracy  # [N]
     cpx = -config.epsilon * complexity  # [N]
+    miss = -config.miss_penalty * missed  # [N]
     return RewardBatch(
-        total=acc + lat + vio + eff + cpx, accuracy=acc, latency=lat, violation=vio,
-        efficiency=eff, complexity=cpx,
+        total=acc + lat + vio + eff + cpx + miss, accuracy=acc, latency=lat, violation=vio,
+        efficiency=eff, complexity=cpx, miss=miss,
     )
+
+
+class Scorable(Protocol):
+    """What a reward needs from any record of a run: rollout, validation, sweep or evaluation."""
+
+    @property
+    def accuracy(self) -> float: ...
+    @property
+    def total_ms(self) -> float: ...
+    @property
+    def complexity(self) -> float: ...
+
+
+def score(record: Scorable, budget_ms: float, config: RewardConfig) -> Reward:
+    """The reward of one recorded run at `budget_ms`: the one scorer of training, summary and Tune."""
+    return compute_reward(record.accuracy, record.total_ms, budget_ms, record.complexity, config)

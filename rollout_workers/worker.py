@@ -153,7 +153,7 @@ class RolloutWorker:
         the training reward's latency (estimated in estimated mode), so budgets share its scale."""
         space, importance = self.model.knob_space, self.model.importance
         cheapest = space.plan(
-            space.tiers[0], space.insertion_positions[-1], space.top_k_values[0], space.num_blocks_values[0], importance
+            space.tiers[0], space.insertion_positions[0], space.top_k_values[0], space.num_blocks_values[0], importance
         )
         full = space.full_plan(importance)
         samples = [s for i in sample_indices if (s := self._prepare("train", i, [])) is not None]
@@ -167,7 +167,8 @@ class RolloutWorker:
         for sample in samples:
             cheap_ms.append(run_static_plan(self.model, sample, cheapest, **kwargs))
             full_ms.append(run_static_plan(self.model, sample, full, **kwargs))
-        return CalibrationResult(tuple(cheap_ms), tuple(full_ms), self.worker_index)
+        return CalibrationResult(tuple(cheap_ms), tuple(full_ms), self.worker_index, torch.get_num_threads(),
+                                 self.device)  # fmt: skip
 
     def sweep(self, sample_indices: tuple[int, ...]) -> list[SweepRecord]:
         """Every static plan on the given validation samples (the Pareto oracle's data)."""

@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from adactrl.grpo import (
+    count_equal_groups,
     group_advantages,
     group_advantages_loop,
     grpo_loss,
     pairwise_ranking_loss,
     pairwise_ranking_loss_loop,
 )
-from adactrl.metrics import FRAC_REWARD_ZERO_STD, LOSS_CLIP_FRACTION, LOSS_POLICY, LOSS_TOTAL
+from adactrl.metrics import FRAC_ACCURACY_EQUAL, FRAC_REWARD_ZERO_STD, LOSS_CLIP_FRACTION, LOSS_POLICY, LOSS_TOTAL
 
 # Three groups with arbitrary ids: 10 -> [1, 2, 3], 3 -> [5, 5] (all equal), 42 -> [7] (alone).
 REWARDS = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 7.0])
@@ -207,3 +208,15 @@ def test_pairwise_loop_equivalence_random():
         (g_fast,) = torch.autograd.grad(fast.loss, logp)
         (g_slow,) = torch.autograd.grad(slow.loss, logp)
         torch.testing.assert_close(g_fast, g_slow)
+
+
+def test_count_equal_groups_by_hand():
+    # group 0: accuracies 1, 1, 1 -> equal; group 1: 0, 1 -> not; group 2: 0.5 alone -> equal
+    accuracy = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.5])
+    group_ids = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert count_equal_groups(accuracy, group_ids) == 2
+    stats = group_advantages(torch.tensor([0.9, 1.0, 1.1, 0.0, 1.0, 0.5]), group_ids)
+    metrics = stats.with_accuracy_equal(accuracy, group_ids).to_metrics()
+    # rewards differ within groups 0 and 1 (latency), so only the single-member group is zero-std
+    assert metrics[FRAC_REWARD_ZERO_STD] == pytest.approx(1 / 3)
+    assert metrics[FRAC_ACCURACY_EQUAL] == pytest.approx(2 / 3)

@@ -1,12 +1,15 @@
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from adactrl.metrics import REWARD_ACCURACY, REWARD_TOTAL, REWARD_VIOLATION
-from adactrl.reward import RewardConfig, compute_reward, reward_tensor
+from adactrl.metrics import REWARD_ACCURACY, REWARD_MISS, REWARD_TOTAL, REWARD_VIOLATION
+from adactrl.reward import SEED_REWARD, RewardConfig, compute_reward, reward_tensor, score
 
-CONFIG = RewardConfig(alpha=1.0, beta=0.1, gamma=2.0, delta=0.1, epsilon=0.5)
+CONFIG = dataclasses.replace(SEED_REWARD, epsilon=0.5)
+"""The seeds' five-term reward (alpha 1, beta 0.1, gamma 2, delta 0.1) with a complexity term."""
 
 
 def test_within_budget_correct_answer():
@@ -37,12 +40,12 @@ def test_efficiency_needs_a_right_answer():
 
 def test_components_sum_to_total_and_metric_keys():
     r = compute_reward(0.3, 120.0, 80.0, 0.7, RewardConfig())
-    parts = r.accuracy + r.latency + r.violation + r.efficiency + r.complexity
+    parts = r.accuracy + r.latency + r.violation + r.efficiency + r.complexity + r.miss
     assert r.total == pytest.approx(parts)
     metrics = r.to_metrics()
     assert set(metrics) == {
         "reward/total", "reward/accuracy", "reward/latency", "reward/violation",
-        "reward/efficiency", "reward/complexity",
+        "reward/efficiency", "reward/complexity", REWARD_MISS,
     }
     assert metrics[REWARD_TOTAL] == r.total and metrics[REWARD_VIOLATION] == r.violation
     assert r.to_metrics(prefix="val/reward/")["val/reward/accuracy"] == metrics[REWARD_ACCURACY]
@@ -65,7 +68,44 @@ def test_invalid_inputs(args, message):
         compute_reward(*args, RewardConfig())
 
 
-@pytest.mark.parametrize("field", ["alpha", "beta", "gamma", "delta", "epsilon"])
+def test_default_counts_accuracy_only_when_the_budget_is_met():
+    # met: 0.8 of accuracy, nothing for the 60 ms left unspent -> 0.8 at 40 ms as at 99 ms.
+    assert compute_reward(0.8, 40.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(0.8)
+    assert compute_reward(0.8, 99.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(0.8)
+    # missed by 1 ms: accuracy 0.8 * 0 = 0; miss -1.0 -> total -1.0, whatever the overshoot.
+    r = compute_reward(0.8, 101.0, 100.0, 0.0, RewardConfig())
+    assert (r.accuracy, r.miss, r.total) == pytest.approx((0.0, -1.0, -1.0))
+    assert compute_reward(0.8, 300.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(-1.0)
+
+
+def test_seed_reward_keeps_a_missed_answer_and_pays_for_unspent_budget():
+    # missed: accuracy 1.0 * 1.0 (weight 1); latency -0.1 * 1.2 = -0.12; violation -2 * 0.2 = -0.4;
+    # no miss penalty -> 0.48
+    assert compute_reward(1.0, 120.0, 100.0, 0.0, SEED_REWARD).total == pytest.approx(0.48)
+    # met at 40 vs 99 ms: 1 - 0.04 + 0.06 = 1.02 vs 1 - 0.099 + 0.001 = 0.902: under-spending pays
+    assert compute_reward(1.0, 40.0, 100.0, 0.0, SEED_REWARD).total == pytest.approx(1.02)
+    assert compute_reward(1.0, 99.0, 100.0, 0.0, SEED_REWARD).total == pytest.approx(0.902)
+
+
+def test_missed_accuracy_weight_is_a_share():
+    with pytest.raises(ValueError, match="missed_accuracy_weight"):
+        RewardConfig(missed_accuracy_weight=1.5)
+    # half the accuracy of a missed answer: 0.5 * 0.6 = 0.3; miss penalty 0.2 -> 0.1
+    config = RewardConfig(miss_penalty=0.2, missed_accuracy_weight=0.5)
+    assert compute_reward(0.6, 110.0, 100.0, 0.0, config).total == pytest.approx(0.1)
+
+
+def test_score_reads_a_record():
+    # any record with accuracy, total_ms and complexity: 0.5 accuracy met at 30 of 40 ms -> 0.5
+    record = SimpleNamespace(accuracy=0.5, total_ms=30.0, complexity=0.25)
+    assert score(record, 40.0, RewardConfig()).total == pytest.approx(0.5)
+    # epsilon 0.4: -0.4 * 0.25 = -0.1 -> 0.4
+    assert score(record, 40.0, RewardConfig(epsilon=0.4)).total == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(
+    "field", ["alpha", "beta", "gamma", "delta", "epsilon", "miss_penalty", "missed_accuracy_weight"]
+)
 def test_config_rejects_negative_or_infinite(field):
     with pytest.raises(ValueError, match=field):
         RewardConfig(**{field: -0.1})
@@ -80,13 +120,14 @@ def test_reward_tensor_matches_scalar():
     latency = torch.rand(n, generator=gen, dtype=torch.float64) * 300
     budget = 20 + torch.rand(n, generator=gen, dtype=torch.float64) * 200
     complexity = torch.rand(n, generator=gen, dtype=torch.float64)
-    batch = reward_tensor(accuracy, latency, budget, complexity, CONFIG)
-    for i in range(n):
-        scalar = compute_reward(
-            accuracy[i].item(), latency[i].item(), budget[i].item(), complexity[i].item(), CONFIG
-        )
-        for name in ("total", "accuracy", "latency", "violation", "efficiency", "complexity"):
-            assert getattr(batch, name)[i].item() == pytest.approx(getattr(scalar, name), abs=1e-12)
+    for config in (CONFIG, RewardConfig(), RewardConfig(miss_penalty=0.3, missed_accuracy_weight=0.25)):
+        batch = reward_tensor(accuracy, latency, budget, complexity, config)
+        for i in range(n):
+            scalar = compute_reward(
+                accuracy[i].item(), latency[i].item(), budget[i].item(), complexity[i].item(), config
+            )
+            for name in ("total", "accuracy", "latency", "violation", "efficiency", "complexity", "miss"):
+                assert getattr(batch, name)[i].item() == pytest.approx(getattr(scalar, name), abs=1e-12)
     mean = batch.mean()
     assert mean.total == pytest.approx(batch.total.mean().item())
 

@@ -19,6 +19,10 @@ from adactrl.training.config import (
     TrainConfig,
 )
 
+REWARD_FLAGS = ("alpha", "beta", "gamma", "delta", "epsilon", "miss_penalty", "missed_accuracy_weight")
+"""RewardConfig's fields, one flag each; the seeds' five-term reward is `--beta 0.1 --gamma 2
+--delta 0.1 --miss_penalty 0 --missed_accuracy_weight 1`."""
+
 
 def _defaults(cls: type) -> SimpleNamespace:
     """A config class's plain field defaults, without building one (that would import torch)."""
@@ -75,7 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     learn.add_argument("--load_checkpoint", default=None, help="start from this controller checkpoint's weights")
 
     reward = p.add_argument_group("reward (see adactrl.reward.RewardConfig)")
-    for name in ("alpha", "beta", "gamma", "delta", "epsilon"):
+    for name in REWARD_FLAGS:
         reward.add_argument(f"--{name}", type=float, default=None, help="default: RewardConfig's")
 
     out = p.add_argument_group("outputs")
@@ -95,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from adactrl.reward import RewardConfig
     from adactrl.training.outputs import resolve_experiment, resolve_tracking_uri
 
-    coefficients = {k: getattr(args, k) for k in ("alpha", "beta", "gamma", "delta", "epsilon")}
+    coefficients = {k: getattr(args, k) for k in REWARD_FLAGS}
     return TrainConfig(
         output_dir=args.output_dir,
         model_path=args.model_path,

@@ -1,7 +1,7 @@
 """The latency-budget controller: budget encoder, stage 1, stage 2, and its checkpoints."""
 
 from adactrl.controller.checkpoint import knob_space_diff, load_controller, save_controller
-from adactrl.controller.modules import BudgetEncoder, Stage1, Stage2, count_parameters, language_feature
+from adactrl.controller.modules import BudgetEncoder, Stage1, Stage2, count_parameters
 from adactrl.controller.policy import (
     ACTION_COLUMNS,
     Controller,
@@ -23,7 +23,6 @@ __all__ = [
     "count_parameters",
     "knob_space_diff",
     "knobs_to_actions",
-    "language_feature",
     "load_controller",
     "save_controller",
 ]

@@ -15,9 +15,11 @@ from adactrl.models.adapter import MoEVLM
 class ControllerPolicy:
     """Stage 1 and stage 2 of a `Controller` for one request at `budget_ms`.
 
-    The budget token is rescaled to the frozen model's mean word-embedding norm: the model was
-    never trained on the budget encoder's output scale, and a token at word scale keeps the
-    prefill in distribution whatever the encoder's weights are.
+    With `ControllerConfig.budget_token` the budget token is appended to the prefill, rescaled to
+    the frozen model's mean word-embedding norm: the model was never trained on the budget
+    encoder's output scale, and a token at word scale keeps the prefill in distribution whatever
+    the encoder's weights are. `budget_token` overrides the config (evaluation measures the
+    token's effect on the same controller).
     """
 
     def __init__(
@@ -28,23 +30,29 @@ class ControllerPolicy:
         greedy: bool,
         generator: torch.Generator | None = None,
         token_norm: float | None = None,
+        budget_token: bool | None = None,
     ) -> None:
         self.controller = controller
+        self.append_token = controller.config.budget_token if budget_token is None else budget_token
         self.budget = torch.tensor([float(budget_ms)])
         self.greedy = greedy
         self.generator = generator
         self.token_norm = token_norm
+        self.language_feature: torch.Tensor | None = None
         self.first: StageAction | None = None
         self.second: StageAction | None = None
 
     @torch.no_grad()
     def stage1(self, language_feature: torch.Tensor) -> Stage1Choice:
+        self.language_feature = language_feature.float().unsqueeze(0)  # [1, d]
         self.first = self.controller.act_stage1(
-            language_feature.float().unsqueeze(0), self.budget, greedy=self.greedy, generator=self.generator
+            self.language_feature, self.budget, greedy=self.greedy, generator=self.generator
         )
         space = self.controller.knob_space
         tier = space.tiers[int(self.first.indices[0, 0])]
         insertion = space.insertion_positions[int(self.first.indices[0, 1])]
+        if not self.append_token:
+            return Stage1Choice(tier, insertion)
         token = self.controller.budget_token(self.budget)[0]  # [d]
         if self.token_norm is not None:
             token = token / token.norm().clamp_min(1e-6) * self.token_norm
@@ -52,10 +60,11 @@ class ControllerPolicy:
 
     @torch.no_grad()
     def stage2(self, latency_token: torch.Tensor, insertion: int) -> Stage2Choice:
-        assert self.first is not None, "stage 1 runs before stage 2"
+        assert self.first is not None and self.language_feature is not None, "stage 1 runs before stage 2"
         self.second = self.controller.act_stage2(
-            latency_token.float().unsqueeze(0), self.first.indices[:, 1], greedy=self.greedy, generator=self.generator
-        )
+            latency_token.float().unsqueeze(0), self.first.indices[:, 1], self.language_feature, self.budget,
+            greedy=self.greedy, generator=self.generator,
+        )  # fmt: skip
         space = self.controller.knob_space
         return Stage2Choice(
             top_k=space.top_k_values[int(self.second.indices[0, 0])],
@@ -99,11 +108,14 @@ def adaptive_infer(
     generator: torch.Generator | None = None,
     max_new_tokens: int = 4,
     device: str = "cpu",
+    budget_token: bool | None = None,
 ) -> AdaptiveResult:
-    """One adaptive inference under a latency budget (DESIGN §1)."""
+    """One adaptive inference under a latency budget (DESIGN §1); `budget_token` overrides
+    whether the budget token is appended (None: the controller's config decides)."""
     policy = ControllerPolicy(
-        controller, budget_ms, greedy=greedy, generator=generator, token_norm=model.embedding_norm()
-    )
+        controller, budget_ms, greedy=greedy, generator=generator, token_norm=model.embedding_norm(),
+        budget_token=budget_token,
+    )  # fmt: skip
     result = execute(model, image, prompt, policy, max_new_tokens=max_new_tokens, device=device)
     actions = tuple(int(a) for a in policy.actions)
     actions_to_knobs(controller.knob_space, actions)

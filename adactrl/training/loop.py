@@ -163,6 +163,9 @@ class Trainer:
             results = self.backend.run_all("calibrate", per_worker, None)
             budget = BudgetRange.calibrate(results, self.config.budget_margin)
         self.state.budget_range = budget
+        # The budget position both stages read spans this range; workers get it with the weights.
+        self.learner.controller.set_budget_range(budget.low_ms, budget.high_ms)
+        self.weights = self.backend.publish(self.learner.weights())
         log.info("budget range %.2f..%.2f ms (cheapest plan %s ms, full plan %s ms)",
                  budget.low_ms, budget.high_ms, budget.cheapest_ms, budget.full_ms)
         recorded = {BUDGET_LOW_MS: budget.low_ms, BUDGET_HIGH_MS: budget.high_ms,

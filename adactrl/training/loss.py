@@ -42,7 +42,9 @@ class BatchTensors:
         keys: dict[tuple[int, float], int] = {}
         group_ids = torch.tensor([keys.setdefault(r.group_key, len(keys)) for r in records])  # [N]
         rewards = torch.tensor([r.reward.total for r in records], dtype=torch.float32)  # [N]
+        accuracy = torch.tensor([r.accuracy for r in records], dtype=torch.float32)  # [N]
         groups = group_advantages(rewards, group_ids, eps=adv_eps, scale=advantage_scale)
+        groups = groups.with_accuracy_equal(accuracy, group_ids, eps=adv_eps)
         return cls(
             actions=torch.tensor([r.actions for r in records], dtype=torch.long),
             old_logp=torch.tensor([r.old_logp for r in records], dtype=torch.float32),

@@ -156,6 +156,9 @@ class CalibrationResult:
     cheapest_ms: tuple[float, ...]
     full_ms: tuple[float, ...]
     worker_index: int
+    num_threads: int | None = None
+    """torch threads the worker measured with: the milliseconds belong to this count."""
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,10 @@ class BudgetRange:
     """Median measured latency of the cheapest plan (None when the range was given)."""
     full_ms: float | None = None
     """Median measured latency of the full plan (None when the range was given)."""
+    num_threads: int | None = None
+    """torch threads of the workers that measured the range (None when it was given):
+    `adactrl evaluate` measures with the same count by default, so budgets mean the same ms."""
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low_ms) and math.isfinite(self.high_ms) and 0 < self.low_ms < self.high_ms):
@@ -191,7 +198,10 @@ class BudgetRange:
                 f"the full plan ({full:.2f} ms) was not slower than the cheapest ({cheapest:.2f} ms): "
                 "the knobs do not change latency here; pass --budget_range_ms LOW HIGH"
             )
-        return cls(cheapest * margin, full * margin, cheapest, full)
+        threads = {r.num_threads for r in results} - {None}
+        devices = {r.device for r in results} - {None}
+        return cls(cheapest * margin, full * margin, cheapest, full,
+                   min(threads) if threads else None, devices.pop() if len(devices) == 1 else None)  # fmt: skip
 
     def sample(self, rng: np.random.Generator, n: int) -> tuple[float, ...]:
         """n budgets drawn log-uniformly from the range."""
@@ -204,4 +214,5 @@ class BudgetRange:
         return tuple(round(self.low_ms * math.exp(span * (i + 0.5) / k), 3) for i in range(k))
 
     def to_dict(self) -> dict[str, float | None]:
-        return {"low_ms": self.low_ms, "high_ms": self.high_ms, "cheapest_ms": self.cheapest_ms, "full_ms": self.full_ms}
+        return {"low_ms": self.low_ms, "high_ms": self.high_ms, "cheapest_ms": self.cheapest_ms, "full_ms": self.full_ms,
+                "num_threads": self.num_threads, "device": self.device}  # fmt: skip

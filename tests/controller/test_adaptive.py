@@ -72,17 +72,27 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_model, controller
     assert len({sample(seed)[0] for seed in range(8)}) > 1
 
 
-def test_budget_token_enters_at_word_embedding_scale(tiny_model, controller, synthetic_rows):
+def prefill_of(model, controller, row, **kwargs):
     inputs = []
-    handle = tiny_model.blocks[0].register_forward_pre_hook(
+    handle = model.blocks[0].register_forward_pre_hook(
         lambda m, args, kwargs: inputs.append(args[0].detach().clone()), with_kwargs=True
     )
     try:
-        out = run(tiny_model, controller, synthetic_rows[0])
+        out = run(model, controller, row, **kwargs)
     finally:
         handle.remove()
-    result = out.result
-    prefill = inputs[0]  # [1, image + prompt + 1, d]
+    return out.result, inputs[0]  # [1, L, d]
+
+
+def test_no_budget_token_by_default(tiny_model, controller, synthetic_rows):
+    # The static plans run on [image, prompt]; by default the controller's runs do too.
+    assert not controller.config.budget_token
+    result, prefill = prefill_of(tiny_model, controller, synthetic_rows[0])
+    assert prefill.shape[1] == result.num_image_tokens + result.num_prompt_tokens
+
+
+def test_budget_token_enters_at_word_embedding_scale(tiny_model, controller, synthetic_rows):
+    result, prefill = prefill_of(tiny_model, controller, synthetic_rows[0], budget_token=True)
     assert prefill.shape[1] == result.num_image_tokens + result.num_prompt_tokens + 1
     budget_token = prefill[0, -1]
     assert float(budget_token.norm()) == pytest.approx(tiny_model.embedding_norm(), rel=1e-5)

@@ -10,8 +10,8 @@ from adactrl.controller import (
     actions_to_knobs,
     count_parameters,
     knobs_to_actions,
-    language_feature,
 )
+from adactrl.controller.modules import budget_position
 from adactrl.knobs import KnobSpace
 
 D = 32
@@ -39,7 +39,8 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize(
     ("d_model", "stage1", "stage2"),
     # 2048 (MolmoE-1B): stage1 width 32, stage2 width 8; 128 (embedded model): widths 16 and 8.
-    [(2048, 82_568, 21_402), (128, 7_752, 2_202)],
+    # Stage 2 reads the language feature too, so its d_model * width projection appears twice.
+    [(2048, 82_632, 42_418), (128, 7_784, 4_018)],
 )
 def test_parameter_counts_scale_with_d_model(knob_space, d_model, stage1, stage2):
     c = Controller(ControllerConfig(d_model=d_model), knob_space)
@@ -47,7 +48,7 @@ def test_parameter_counts_scale_with_d_model(knob_space, d_model, stage1, stage2
     assert count_parameters(c.stage2) == stage2
     if d_model == 2048:
         assert 50_000 <= stage1 <= 100_000
-        assert 10_000 <= stage2 <= 30_000
+        assert 20_000 <= stage2 <= 50_000
 
 
 def test_budget_features_are_fixed_sinusoids_of_log_budget():
@@ -73,11 +74,39 @@ def test_bad_budgets_raise(controller, bad):
         controller.act_stage1(lang, budget, greedy=True)
 
 
-def test_language_feature_is_mean_over_tokens():
-    emb = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # mean = [2, 4]
-    assert torch.equal(language_feature(emb), torch.tensor([2.0, 4.0]))
-    with pytest.raises(ValueError, match="T >= 1"):
-        language_feature(torch.zeros(0, 4))
+def test_budget_position_spans_the_calibrated_range():
+    # low 25, high 100 ms: log-span log(4). 25 -> -1; 50 -> 2*log(2)/log(4) - 1 = 0; 100 -> +1;
+    # 200 (outside) -> 2*log(8)/log(4) - 1 = 2.
+    pos = budget_position(torch.tensor([25.0, 50.0, 100.0, 200.0]), torch.tensor(25.0), torch.tensor(100.0))
+    assert pos.shape == (4, 1)
+    assert torch.allclose(pos[:, 0], torch.tensor([-1.0, 0.0, 1.0, 2.0]), atol=1e-6)
+    enc = BudgetEncoder(d_model=D, hidden=16)
+    enc.set_range(25.0, 100.0)
+    assert torch.allclose(enc.position(torch.tensor([50.0])), torch.zeros(1, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="0 < low < high"):
+        enc.set_range(100.0, 25.0)
+
+
+def test_range_travels_with_the_weights(knob_space):
+    a = Controller(ControllerConfig(d_model=D, seed=1), knob_space)
+    a.set_budget_range(20.0, 60.0)
+    b = Controller(ControllerConfig(d_model=D, seed=1), knob_space)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.budget_encoder.range_ms, torch.tensor([20.0, 60.0]))
+
+
+def test_stage2_reads_the_budget_when_the_latency_token_is_the_same(controller):
+    # One latency token for every request (insertion 1 after a self-only block 0): the budget
+    # and the prompt still move stage 2's distributions.
+    lang, budget, token = _inputs()
+    same = token[:1].expand(B, D)  # [B, D]
+    insertion = torch.zeros(B, dtype=torch.long)
+    with torch.no_grad():
+        controller.stage2.position_proj.weight.fill_(1.0)
+        top_k, _ = controller.stage2_dist(same, insertion, lang[:1].expand(B, D), budget)
+        by_prompt, _ = controller.stage2_dist(same, insertion, lang, torch.full((B,), 100.0))
+    assert not torch.allclose(top_k.logits[0], top_k.logits[-1])
+    assert not torch.allclose(by_prompt.logits[0], by_prompt.logits[1])
 
 
 def test_shapes_and_greedy_is_argmax(controller):
@@ -88,8 +117,8 @@ def test_shapes_and_greedy_is_argmax(controller):
     assert s1.indices.shape == s1.log_prob.shape == s1.entropy.shape == (B, 2)
     assert torch.equal(s1.indices[:, 0], tier.logits.argmax(-1))
     assert torch.equal(s1.indices[:, 1], ins.logits.argmax(-1))
-    top_k, blocks = controller.stage2_dist(token, s1.indices[:, 1])
-    s2 = controller.act_stage2(token, s1.indices[:, 1], greedy=True)
+    top_k, blocks = controller.stage2_dist(token, s1.indices[:, 1], lang, budget)
+    s2 = controller.act_stage2(token, s1.indices[:, 1], lang, budget, greedy=True)
     assert torch.equal(s2.indices, torch.stack([top_k.logits.argmax(-1), blocks.logits.argmax(-1)], -1))
 
 
@@ -107,7 +136,7 @@ def test_log_prob_rescores_sampled_actions(controller):
     lang, budget, token = _inputs()
     g = torch.Generator().manual_seed(3)
     s1 = controller.act_stage1(lang, budget, greedy=False, generator=g)
-    s2 = controller.act_stage2(token, s1.indices[:, 1], greedy=False, generator=g)
+    s2 = controller.act_stage2(token, s1.indices[:, 1], lang, budget, greedy=False, generator=g)
     actions = torch.cat([s1.indices, s2.indices], dim=-1)  # [B, 4]
     logp, entropy = controller.log_prob(actions, lang, budget, token)
     assert torch.allclose(logp, s1.log_prob.sum(-1) + s2.log_prob.sum(-1), atol=1e-6)

@@ -48,7 +48,7 @@ def test_rollout_records_are_typed_complete_and_versioned(worker):
         assert record.language_feature.dtype == np.float32 and np.isfinite(record.latency_token).all()
         assert record.old_logp < 0 and record.latency_ms["total"] > 0
         r = record.reward
-        assert r.total == pytest.approx(r.accuracy + r.latency + r.violation + r.efficiency + r.complexity)
+        assert r.total == pytest.approx(r.accuracy + r.latency + r.violation + r.efficiency + r.complexity + r.miss)
     # The stored old log-prob is what the controller gives the stored inputs: re-scoring needs no VLM.
     r0 = batch.records[0]
     logp, _ = worker.controller.log_prob(torch.tensor([r0.actions]), torch.from_numpy(r0.language_feature)[None],
