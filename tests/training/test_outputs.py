@@ -1,0 +1,102 @@
+"""RunRecorder and the MLflow conventions: env variables, tags, curves, and fail-fast checks."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from adactrl.training.outputs import (
+    BUDGET_CURVES,
+    TRAINING_CURVES,
+    BudgetPoint,
+    RunRecorder,
+    budget_points,
+    check_tracking_uri,
+    check_writable,
+    resolve_experiment,
+    resolve_tracking_uri,
+    run_tags,
+)
+
+
+def test_flag_wins_then_environment_then_default(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    assert resolve_tracking_uri(None) == "sqlite:///mlflow.db"
+    assert resolve_experiment(None) == "adactrl-train"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/env.db")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from-env")
+    assert resolve_tracking_uri(None) == "sqlite:////tmp/env.db"
+    assert resolve_experiment(None) == "from-env"
+    assert resolve_tracking_uri("sqlite:////tmp/flag.db") == "sqlite:////tmp/flag.db"
+    assert resolve_experiment("from-flag") == "from-flag"
+
+
+@dataclass
+class _Record:
+    budget_ms: float
+    accuracy: float
+    latency_ms: dict[str, float]
+    violated: bool
+
+
+def test_budget_points_average_per_budget():
+    records = [_Record(10.0, 1.0, {"total": 8.0}, False), _Record(10.0, 0.0, {"total": 12.0}, True),
+               _Record(20.0, 1.0, {"total": 15.0}, False)]  # fmt: skip
+    # budget 10: accuracy (1 + 0) / 2, latency (8 + 12) / 2, one of two violated
+    assert budget_points(records) == [BudgetPoint(10.0, 0.5, 10.0, 0.5), BudgetPoint(20.0, 1.0, 15.0, 0.0)]
+
+
+def test_an_unreachable_tracking_server_fails_in_seconds_naming_the_uri():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    uri = f"http://127.0.0.1:{port}"
+    with pytest.raises(ValueError, match=f"cannot reach the MLflow tracking server at {uri}"):
+        check_tracking_uri(uri)
+
+
+def test_a_sqlite_store_in_a_missing_folder_is_refused(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'no' / 'such' / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="does not exist or cannot be written"):
+        check_tracking_uri(uri)
+    check_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("not a folder")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        check_writable(path)
+    check_writable(tmp_path / "new" / "run")
+    assert (tmp_path / "new" / "run").is_dir() and not list((tmp_path / "new" / "run").iterdir())
+
+
+def test_run_tags_name_model_datasets_and_commit():
+    tags = run_tags(None, ("synthetic", "textvqa"))
+    assert tags["adactrl.model_path"] == "embedded (shipped)" and tags["adactrl.datasets"] == "synthetic,textvqa"
+    commit = tags.get("mlflow.source.git.commit")
+    assert commit is None or len(commit) == 40  # a checkout has one; an installed wheel does not
+
+
+def test_recorder_writes_tags_curves_and_closes_the_run(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorder = RunRecorder(tmp_path / "run", tracking_uri=uri, experiment="exp", run_name="r",
+                           tags={"adactrl.model_path": "m"})  # fmt: skip
+    for epoch, acc in enumerate((0.5, 0.6, 0.7)):
+        recorder.log_validation(epoch, epoch * 4, {"val/reward": acc - 0.1, "val/accuracy": acc,
+                                                   "val/latency_ms": 20.0, "val/violation_rate": 0.05})  # fmt: skip
+    recorder.log_budget_curves([BudgetPoint(10.0, 0.5, 9.0, 0.0), BudgetPoint(20.0, 0.7, 15.0, 0.0)])
+    recorder.finish(ok=True)
+    client = MlflowClient(uri)
+    run = client.get_run(recorder.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["adactrl.model_path"] == "m"
+    artifacts = {a.path for a in client.list_artifacts(recorder.run_id)}
+    assert {TRAINING_CURVES, BUDGET_CURVES} <= artifacts
+    for name in (TRAINING_CURVES, BUDGET_CURVES):
+        assert Path(tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
+    assert [m.value for m in client.get_metric_history(recorder.run_id, "val/accuracy")] == [0.5, 0.6, 0.7]
