@@ -9,13 +9,14 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from adactrl.eval.vqa import vqa_score
 from adactrl.executor import StaticPolicy, execute
 from adactrl.knobs import Plan
 from adactrl.models.adapter import MoEVLM
+from adactrl.reward import plan_complexity
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class SweepRecord:
     prefill_ms: float
     controller_ms: float
     decode_ms: float
+    complexity: float = 0.0
+    """`adactrl.reward.plan_complexity` of the plan (0 in tables written before it was kept)."""
+
+    @property
+    def total_ms(self) -> float:
+        return self.latency_ms
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +110,7 @@ def sweep(
                     prefill_ms=ms["prefill_pre"] + ms["prefill_post"],
                     controller_ms=ms["controller"],
                     decode_ms=ms["decode"],
+                    complexity=plan_complexity(plan, model.knob_space),
                 )
             )
         if progress is not None:
@@ -193,7 +201,7 @@ def read_profile(path: str | Path) -> list[SweepRecord]:
         table = pq.read_table(path)
     except Exception as err:
         raise ValueError(f"{path} is not a readable Parquet profile table: {err}") from err
-    names = [f.name for f in fields(SweepRecord)]
+    names = [f.name for f in fields(SweepRecord) if f.name in table.column_names or f.default is MISSING]
     missing = [n for n in names if n not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not an `adactrl profile` table: missing columns {missing}")

@@ -21,6 +21,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from adactrl.knobs import KnobSpace, Plan
+
 from adactrl.metrics import (
     REWARD_ACCURACY,
     REWARD_COMPLEXITY,
@@ -200,6 +202,17 @@ def reward_tensor(
         total=acc + lat + vio + eff + cpx + miss, accuracy=acc, latency=lat, violation=vio,
         efficiency=eff, complexity=cpx, miss=miss,
     )
+
+
+def plan_complexity(plan: Plan, space: KnobSpace) -> float:
+    """A knob-only proxy for the plan's compute as a share of the full plan's, in (0, 1].
+
+    Expert work per token is insertion blocks at the default top-k plus the rest at top_k; the
+    vision share grows with the tier's rank.
+    """
+    expert_work = plan.insertion * space.default_top_k + (plan.num_blocks - plan.insertion) * plan.top_k
+    vision_share = (space.tiers.index(plan.tier) + 1) / len(space.tiers)
+    return expert_work / (space.num_layers * space.default_top_k) * vision_share
 
 
 class Scorable(Protocol):

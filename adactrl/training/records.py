@@ -67,6 +67,13 @@ class RolloutRecord:
     reward: Reward
     policy_version: int
     worker_index: int
+    complexity: float = 0.0
+    """The plan's share of the full plan's compute (`adactrl.reward.plan_complexity`), so that
+    `adactrl.reward.score` can re-score the record under any reward coefficients."""
+
+    @property
+    def total_ms(self) -> float:
+        return self.latency_ms["total"]
 
     @property
     def group_key(self) -> tuple[int, float]:
@@ -135,6 +142,12 @@ class EvalRecord:
     latency_ms: dict[str, float]
     reward: Reward
     policy_version: int
+    complexity: float = 0.0
+    """As RolloutRecord.complexity: what `adactrl.reward.score` needs to re-score the record."""
+
+    @property
+    def total_ms(self) -> float:
+        return self.latency_ms["total"]
 
     @property
     def violated(self) -> bool:

@@ -23,7 +23,7 @@ from adactrl.executor import InferenceResult, StaticPolicy, execute
 from adactrl.knobs import KnobSpace, Plan
 from adactrl.models.adapter import MoEVLM
 from adactrl.models.preprocessing import to_rgb
-from adactrl.reward import Reward, RewardConfig, compute_reward
+from adactrl.reward import Reward, RewardConfig, compute_reward, plan_complexity
 from adactrl.training.config import ESTIMATOR_HINT
 from adactrl.training.records import ESTIMATED_TOTAL, MEASURED_TOTAL
 
@@ -82,7 +82,13 @@ class PlanOutcome:
     latency_ms: dict[str, float]
     """The run's stage times with 'total' as the latency the reward used; with an estimate, also
     ESTIMATED_TOTAL and MEASURED_TOTAL."""
+    complexity: float
+    """`plan_complexity` of the plan that ran."""
     reward: Reward
+
+    @property
+    def total_ms(self) -> float:
+        return self.latency_ms["total"]
 
 
 def load_split(dataset_names: Sequence[str], split: str, num_samples: int, seed: int) -> datasets.Dataset:
@@ -104,17 +110,6 @@ def prepare_sample(dataset: Sequence[dict], index: int, model: MoEVLM) -> Prepar
     if not answers or not any(a.strip() for a in answers):
         raise SampleError(f"sample {index}: no annotator answers to score against")
     return PreparedSample(sample_id=index, image=image, question=question, answers=answers)
-
-
-def plan_complexity(plan: Plan, space: KnobSpace) -> float:
-    """A knob-only proxy for the plan's compute as a share of the full plan's, in (0, 1].
-
-    Expert work per token is insertion blocks at the default top-k plus the rest at top_k; the
-    vision share grows with the tier's rank.
-    """
-    expert_work = plan.insertion * space.default_top_k + (plan.num_blocks - plan.insertion) * plan.top_k
-    vision_share = (space.tiers.index(plan.tier) + 1) / len(space.tiers)
-    return expert_work / (space.num_layers * space.default_top_k) * vision_share
 
 
 def run_controller_plan(
@@ -151,7 +146,7 @@ def run_controller_plan(
     accuracy = vqa_score(out.result.answer, sample.answers)
     complexity = plan_complexity(out.result.plan, model.knob_space)
     reward = compute_reward(accuracy, latency["total"], budget_ms, complexity, reward_config)
-    return PlanOutcome(out.actions, out.log_prob, out.result, accuracy, latency, reward)
+    return PlanOutcome(out.actions, out.log_prob, out.result, accuracy, latency, complexity, reward)
 
 
 def run_static_plan(
