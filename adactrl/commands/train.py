@@ -85,6 +85,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("outputs")
     out.add_argument("--output_dir", default=_T.output_dir)
     out.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output_dir")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --output_dir (its checkpoints, histories and summary are removed)")
     out.add_argument("--mlflow_tracking_uri", default=None,
                      help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the "
                           "working directory)")
@@ -134,10 +136,16 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_command(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    from adactrl.training.outputs import check_tracking_uri, check_writable
+    from adactrl.training.outputs import check_tracking_uri, claim_run_dir
 
-    check_writable(Path(config.output_dir))  # both fail in seconds, before the model loads or Ray starts
-    check_tracking_uri(config.mlflow_tracking_uri)
+    if args.overwrite and args.resume:
+        raise ValueError("--resume continues the run in --output_dir and --overwrite replaces it; pass one")
+    check_tracking_uri(config.mlflow_tracking_uri)  # fails in seconds, before the model loads or Ray starts
+    with claim_run_dir(Path(config.output_dir), resume=config.resume, overwrite=args.overwrite):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> int:
     from adactrl.training.dashboard import TrainingDashboard
     from adactrl.training.driver import run_training  # Ray is imported only once the flags are good
 

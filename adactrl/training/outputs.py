@@ -10,12 +10,14 @@ started from one directory lands in one store that `mlflow ui` there shows.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -26,6 +28,10 @@ from mlflow.tracking import MlflowClient
 TRAINING_HISTORY = "training_history.csv"
 VALIDATION_HISTORY = "validation_history.csv"
 LOG_FILE = "train.log"
+LOCK_FILE = ".adactrl-run.lock"
+RUN_FILES = ("summary.json", "best_model.pt", TRAINING_HISTORY, VALIDATION_HISTORY, LOG_FILE,
+             "training_curves.png", "budget_curves.png")  # fmt: skip
+"""What a run leaves in its output dir besides its epoch checkpoints."""
 TRAINING_CURVES = "training_curves.png"
 BUDGET_CURVES = "budget_curves.png"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -235,6 +241,76 @@ def run_tags(model_path: str | None, dataset_names: Sequence[str]) -> dict[str, 
     if commit.returncode == 0:
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
     return tags
+
+
+@contextmanager
+def claim_run_dir(output_dir: Path, *, resume: bool, overwrite: bool) -> Iterator[None]:
+    """Hold `output_dir` for one run: a lock file names the owning process, so a second run into
+    the same dir is refused; a dir that already holds a run's results is refused unless the run
+    resumes it (`--resume`) or replaces it (`--overwrite`, which removes the old run's files
+    first, so no history row or checkpoint of it survives into the new run)."""
+    check_writable(output_dir)
+    lock = output_dir / LOCK_FILE
+    _take_lock(lock)
+    try:
+        found = existing_run_files(output_dir)
+        if found and not (resume or overwrite):
+            raise ValueError(f"--output_dir {output_dir} already holds a run ({', '.join(found[:4])}); pass --resume "
+                             "to continue it, --overwrite to replace it, or choose another --output_dir")  # fmt: skip
+        if overwrite and not resume:
+            for name in found:
+                (output_dir / name).unlink()
+        yield
+    finally:
+        if _lock_owner(lock).get("pid") == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def existing_run_files(output_dir: Path) -> list[str]:
+    names = sorted(p.name for p in output_dir.glob("checkpoint_epoch_*.pt"))
+    return names + [name for name in RUN_FILES if (output_dir / name).exists()]
+
+
+def _take_lock(lock: Path) -> None:
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            held = _lock_owner(lock)
+            if held.get("host", owner["host"]) == owner["host"] and not _alive(held.get("pid")):
+                logging.getLogger("adactrl.train").warning(
+                    "%s: stale lock of pid %s (started %s, no longer running); taking it over",
+                    lock, held.get("pid"), held.get("started"))  # fmt: skip
+                lock.unlink(missing_ok=True)
+                continue
+            raise ValueError(f"--output_dir {lock.parent} is in use by another run (pid {held.get('pid')} on "
+                             f"{held.get('host')}, started {held.get('started')}); choose another --output_dir, or "
+                             f"delete {lock} if that run is gone")  # fmt: skip
+        with os.fdopen(fd, "w") as f:
+            json.dump(owner, f)
+        return
+    raise ValueError(f"--output_dir {lock.parent}: another run took the lock at the same moment; choose another "
+                     "--output_dir")  # fmt: skip
+
+
+def _lock_owner(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}  # unreadable: a writer died mid-write; treated as a dead owner on this host
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _artifact_location(tracking_uri: str) -> str | None:

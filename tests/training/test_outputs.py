@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +15,15 @@ from mlflow.tracking import MlflowClient
 
 from adactrl.training.outputs import (
     BUDGET_CURVES,
+    LOCK_FILE,
     TRAINING_CURVES,
     BudgetPoint,
     RunRecorder,
     budget_points,
     check_tracking_uri,
     check_writable,
+    claim_run_dir,
+    existing_run_files,
     resolve_experiment,
     resolve_tracking_uri,
     run_tags,
@@ -100,3 +107,42 @@ def test_recorder_writes_tags_curves_and_closes_the_run(tmp_path):
     for name in (TRAINING_CURVES, BUDGET_CURVES):
         assert Path(tmp_path / "run" / name).read_bytes()[:4] == b"\x89PNG"
     assert [m.value for m in client.get_metric_history(recorder.run_id, "val/accuracy")] == [0.5, 0.6, 0.7]
+
+
+def _lock(path: Path, pid: int) -> None:
+    path.write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "earlier"}))
+
+
+def test_a_second_run_into_a_locked_dir_is_refused(tmp_path):
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as other:
+        try:
+            _lock(tmp_path / LOCK_FILE, other.pid)
+            with pytest.raises(ValueError, match=f"in use by another run \\(pid {other.pid}"):
+                with claim_run_dir(tmp_path, resume=False, overwrite=False):
+                    pass
+            assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == other.pid  # not taken from it
+        finally:
+            other.kill()
+
+
+def test_a_stale_lock_is_reported_and_taken_over(tmp_path, caplog):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    _lock(tmp_path / LOCK_FILE, int(dead.stdout))
+    with claim_run_dir(tmp_path, resume=False, overwrite=False):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "stale lock" in caplog.text and not (tmp_path / LOCK_FILE).exists()
+
+
+def test_a_dir_holding_a_run_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "checkpoint_epoch_1.pt").write_bytes(b"old")
+    (tmp_path / "training_history.csv").write_text("step,epoch\n1,1\n")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a run \\(checkpoint_epoch_1.pt, training_history.csv\\)"):
+        with claim_run_dir(tmp_path, resume=False, overwrite=False):
+            pass
+    assert (tmp_path / "checkpoint_epoch_1.pt").read_bytes() == b"old" and not (tmp_path / LOCK_FILE).exists()
+    with claim_run_dir(tmp_path, resume=True, overwrite=False):
+        assert (tmp_path / "checkpoint_epoch_1.pt").exists()
+    with claim_run_dir(tmp_path, resume=False, overwrite=True):
+        assert existing_run_files(tmp_path) == []
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files go
