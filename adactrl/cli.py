@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from adactrl.atomic import RunFileError
 from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, train, tune
 
 COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance, tune)
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(normalise_flags(parser, sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RunFileError) as err:
         print(f"adactrl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

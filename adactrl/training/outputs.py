@@ -25,6 +25,8 @@ from urllib.parse import urlparse
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from adactrl.atomic import atomic_path
+
 TRAINING_HISTORY = "training_history.csv"
 VALIDATION_HISTORY = "validation_history.csv"
 LOG_FILE = "train.log"
@@ -63,12 +65,10 @@ class CsvHistory:
         columns: list[str] = []
         for row in self.rows:
             columns += [k for k in row if k not in columns]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(self.rows)
-        tmp.replace(self.path)
 
 
 class RunRecorder:
@@ -93,6 +93,7 @@ class RunRecorder:
         self.log = logging.getLogger("adactrl.train")
         self._handler = _add_file_handler(self.log, output_dir / LOG_FILE)
         self.client = MlflowClient(self.tracking_uri)
+        self._logged_through = -1
         self.run_id = self._open_run(resolve_experiment(experiment), run_id, run_name)
         if tags:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
@@ -101,6 +102,7 @@ class RunRecorder:
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
+                self._logged_through = self._last_logged_step(run_id)
                 return run_id
             except Exception as err:  # the store changed between runs: keep going in a new run
                 self.log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, err)
@@ -114,12 +116,20 @@ class RunRecorder:
             raise ValueError(f"cannot open an MLflow run at tracking URI {self.tracking_uri} ({err}); fix "
                              "--mlflow_tracking_uri or MLFLOW_TRACKING_URI") from err
 
+    def _last_logged_step(self, run_id: str) -> int:
+        """The newest step a reopened run holds: a killed attempt may have logged steps past its
+        last checkpoint, and the resumed run replays them (in the CSVs, not twice in MLflow)."""
+        keys = self.client.get_run(run_id).data.metrics
+        return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=-1)
+
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self._logged_through:
+            return
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), _BATCH):

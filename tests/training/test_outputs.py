@@ -146,3 +146,20 @@ def test_a_dir_holding_a_run_needs_resume_or_overwrite(tmp_path):
     with claim_run_dir(tmp_path, resume=False, overwrite=True):
         assert existing_run_files(tmp_path) == []
     assert (tmp_path / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+def test_a_reopened_run_never_logs_a_step_twice(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = RunRecorder(tmp_path / "run", tracking_uri=uri, experiment="exp")
+    for step in (1, 2, 3):  # the killed attempt got to step 3; its checkpoint holds step 2
+        first.log_train_step(step, 1, {"loss/total": float(step)})
+    first.finish(ok=False)
+    resumed = RunRecorder(tmp_path / "run", tracking_uri=uri, experiment="exp", run_id=first.run_id)
+    resumed.train_history.truncate(2)
+    for step in (3, 4):
+        resumed.log_train_step(step, 2, {"loss/total": 10.0 * step})
+    resumed.finish(ok=True)
+    history = MlflowClient(uri).get_metric_history(first.run_id, "loss/total")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert [r["loss/total"] for r in resumed.train_history.rows] == ["1.0", "2.0", 30.0, 40.0]
+
