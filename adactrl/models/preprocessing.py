@@ -74,15 +74,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""The largest image `load_image` decodes (67 MP, 200 MB as RGB). Every tier resizes far below
+this; a larger file is refused before it is decoded, not left to exhaust memory."""
+
+
 def load_image(path: str) -> Image.Image:
     """Open an image file as RGB, with an error that names the file when it cannot be read."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{image.width}x{image.height} pixels is above the limit of {MAX_IMAGE_PIXELS:,} "
+                                 "(adactrl.models.preprocessing.MAX_IMAGE_PIXELS); downscale it first")  # fmt: skip
             image.load()
             return to_rgb(image)
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as err:  # ValueError: a mode to_rgb refuses
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # ValueError: a mode to_rgb refuses
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 

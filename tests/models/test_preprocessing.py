@@ -175,3 +175,15 @@ def test_load_image_unsupported_mode_names_the_file(tmp_path):
     Image.new("I;16", (8, 8), 1000).save(path)
     with pytest.raises(ValueError, match=r"deep\.png.*not supported"):
         load_image(str(path))
+
+
+def test_load_image_refuses_an_image_above_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    import adactrl.models.preprocessing as preprocessing
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setattr(preprocessing, "MAX_IMAGE_PIXELS", 1000)  # 1,200 pixels is above it
+    with pytest.raises(ValueError, match=f"cannot read image {path}: 40x30 pixels is above the limit of 1,000"):
+        load_image(str(path))
+    monkeypatch.setattr(preprocessing, "MAX_IMAGE_PIXELS", 1200)
+    assert load_image(str(path)).size == (40, 30)
