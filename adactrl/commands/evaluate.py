@@ -8,7 +8,15 @@ evaluation itself runs on `--split` (test by default), so the oracle is chosen o
 Budgets default to `--num_budgets` log-spaced points of the controller's calibrated range
 (checkpoint extra "budget_range", which `adactrl train` writes); without one, of the profile's
 cheapest..most expensive median plan latency times 1.1 (`adactrl train`'s default margin). Budgets outside that range
-are evaluated and reported with in_range=false.
+are evaluated and reported with in_range=false. Milliseconds depend on the thread count: by
+default the evaluation measures with the thread count the training run calibrated with.
+
+Every method runs on the same model inputs (no budget token unless the controller's config
+appends one); `--budget_token_check` also runs the controller with its budget token flipped and
+reports the difference on its own line. Per budget the report gives paired differences (same
+questions) in accuracy counted only when the budget is met: controller - oracle, and the
+prompt-aware family oracle (the ceiling) - oracle, with standard errors, and the fraction of
+the ceiling's gap the controller captures.
 """
 
 from __future__ import annotations
@@ -20,7 +28,11 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from adactrl.devices import device_arg
+
 STATIC_CHOICES = ("all", "frontier", "none")
+BASELINE_CHOICES = ("all", "oracles")
+CEILING = "family oracle"
 RANGE_MARGIN = 1.1
 """Without a calibrated range in the checkpoint: the profile's plan latencies times this, as
 `adactrl train` calibrates (budget_margin 1.1)."""
@@ -43,12 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="profiled latency a plan must keep within the budget for the oracle")  # fmt: skip
     p.add_argument("--supervised", default=None, help="supervised controller checkpoint (default: trained here)")
     p.add_argument("--static_plans", choices=STATIC_CHOICES, default="all",
-                   help="which profiled static plans to evaluate as methods")  # fmt: skip
+                   help="which profiled static plans to evaluate as methods")
+    p.add_argument("--baselines", choices=BASELINE_CHOICES, default="all",
+                   help="all: oracle, family oracle, supervised and random; oracles: the two oracles only")
+    p.add_argument("--budget_token_check", action=argparse.BooleanOptionalAction, default=True,
+                   help="also run the controller with its budget token flipped and report the difference")  # fmt: skip
     p.add_argument("--max_new_tokens", type=int, default=4)
     p.add_argument("--output_dir", default="outputs/evaluate")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--num_threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's); 1 gives steadier latencies on a shared CPU")  # fmt: skip
+                   help="torch CPU threads (default: the training run's, from the checkpoint; else torch's)")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -65,9 +81,10 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 
     from adactrl.controller import load_controller
     from adactrl.data import load_vqa_dataset
+    from adactrl.baselines.oracle import family_oracles
     from adactrl.evaluation import (
-        aggregate, controller_method, oracle_method, random_method, run_requests, static_methods,
-        supervised_method,
+        aggregate, controller_method, family_oracle_method, oracle_method, random_method, run_requests,
+        static_methods, supervised_method,
     )  # fmt: skip
     from adactrl.models.embedded import EmbeddedVLM
     from adactrl.profiling import pareto_frontier
@@ -76,14 +93,15 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         raise ValueError("--num_samples, --profile_samples and --num_budgets must be >= 1")
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    if args.num_threads is not None:
-        torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     model = EmbeddedVLM.load(args.model_path).to(args.device)
     space = model.knob_space
     controller, extra = load_controller(
         args.controller, expected_knob_space=space, expected_d_model=model.hidden_size, map_location=args.device
     )
+    num_threads, threads_source = measurement_threads(args.num_threads, extra)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     records, profile_path = profile_records(args, model, output)
     base = train_baselines(args, records, space, output)
     oracle, supervised, summaries = base["oracle"], base["supervised"], base["summaries"]
@@ -95,12 +113,16 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if overlap:
         print(f"warning: {overlap} evaluation samples are also in the profile table: the oracle is not held out")
 
-    methods = [
-        controller_method(controller),
-        oracle_method(oracle, model),
-        supervised_method(supervised, model),
-        random_method(space, model.importance, args.seed),
-    ]
+    token = controller.config.budget_token
+    methods = [controller_method(controller)]
+    if args.budget_token_check:
+        methods.append(controller_method(controller, flipped_name(token), budget_token=not token))
+    methods.append(oracle_method(oracle, model))
+    families = family_oracles(records, args.oracle_statistic)
+    if families and all("family" in row for row in rows):
+        methods.append(family_oracle_method(families, model, CEILING))
+    if args.baselines == "all":
+        methods += [supervised_method(supervised, model), random_method(space, model.importance, args.seed)]
     chosen = {"all": summaries, "frontier": pareto_frontier(summaries), "none": []}[args.static_plans]
     static = [space.plan(s.tier, s.insertion, s.top_k, s.num_blocks, model.importance) for s in chosen]
     methods += static_methods(static)
@@ -110,6 +132,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         )
 
     in_range = [within(b, budget_range) for b in budgets]
+    names = {m.name for m in methods}
     report = {
         "controller": str(args.controller),
         "model_path": args.model_path or "shipped",
@@ -128,9 +151,45 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         },  # fmt: skip
         "supervised": {"source": args.supervised or "trained on the profile", "metrics": base["supervised_metrics"]},
         "estimator_held_out": base["estimator_metrics"],
+        "measurement": {"num_threads": num_threads, "threads_source": threads_source, "device": args.device,
+                        "controller_budget_token": token, "static_budget_token": False},
+        "paired": paired_report(requests, budgets, names, flipped_name(token)),
         "rows": [row.to_dict() for row in aggregate(requests, budget_range)],
-    }
+    }  # fmt: skip
     write_outputs(report, requests, summaries, output)
+    return report
+
+
+def flipped_name(token: bool) -> str:
+    return "controller, budget token " + ("off" if token else "on")
+
+
+def measurement_threads(flag: int | None, extra: dict) -> tuple[int | None, str]:
+    """--num_threads, else the thread count the checkpoint's training run calibrated its budget
+    range with (its milliseconds belong to that count), else torch's default."""
+    if flag is not None:
+        if flag < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {flag}")
+        return flag, "flag"
+    stored = (extra.get("budget_range") or {}).get("num_threads")
+    return (int(stored), "checkpoint") if stored else (None, "torch default")
+
+
+def paired_report(requests, budgets: list[float], names: set[str], flipped: str) -> list[dict]:
+    """Per budget: paired differences in accuracy counted only when met (see the module docstring)."""
+    from adactrl.evaluation import paired_difference
+
+    report = []
+    for budget in budgets:
+        entry = {"budget_ms": budget, "controller_minus_oracle": paired_difference(requests, "controller", "oracle", budget).to_dict()}
+        if CEILING in names:
+            ceiling = paired_difference(requests, CEILING, "oracle", budget)
+            entry["ceiling_minus_oracle"] = ceiling.to_dict()
+            gain = entry["controller_minus_oracle"]["mean"]
+            entry["gap_captured"] = gain / ceiling.mean if ceiling.mean > 0 else None
+        if flipped in names:
+            entry["budget_token_effect"] = paired_difference(requests, flipped, "controller", budget).to_dict()
+        report.append(entry)
     return report
 
 
@@ -243,6 +302,29 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def paired_lines(report: dict) -> list[str]:
+    """The paired comparisons, one line each; the budget token's effect on its own line."""
+    lines = [f"paired differences in accuracy counted only when the budget is met, on the "
+             f"{report['dataset']['num_samples']} {report['dataset']['split']} questions (mean ± standard error):"]
+    for entry in report["paired"]:
+        d = entry["controller_minus_oracle"]
+        line = f"{entry['budget_ms']:9.2f} controller - oracle {d['mean']:+.3f} ± {d['standard_error']:.3f}"
+        if "ceiling_minus_oracle" in entry:
+            c = entry["ceiling_minus_oracle"]
+            captured = "n/a" if entry["gap_captured"] is None else f"{entry['gap_captured']:.0%}"
+            line += f"; {CEILING} - oracle {c['mean']:+.3f} ± {c['standard_error']:.3f}; gap captured {captured}"
+        lines.append(line)
+    for entry in report["paired"]:
+        if "budget_token_effect" in entry:
+            t = entry["budget_token_effect"]
+            lines.append(f"{entry['budget_ms']:9.2f} budget token flipped ({t['method_a']}) - controller "
+                         f"{t['mean']:+.3f} ± {t['standard_error']:.3f}")  # fmt: skip
+    m = report["measurement"]
+    lines.append(f"measured with {m['num_threads']} threads ({m['threads_source']}) on {m['device']}; budget token: "
+                 f"controller {'on' if m['controller_budget_token'] else 'off'}, static plans off")  # fmt: skip
+    return lines
+
+
 def format_table(report: dict) -> str:
     columns = (("acc", 6), ("acc@met", 7), ("mean ms", 8), ("p95 ms", 8), ("viol", 6), ("ovh", 6))
     lines = [f"{'budget':>9} {'method':<12} " + " ".join(f"{c:>{w}}" for c, w in columns)]
@@ -261,6 +343,7 @@ def format_table(report: dict) -> str:
             best = max(met, key=lambda r: r["accuracy"])
             lines.append(f"{b:9.2f} {'best static':<12} {best['accuracy']:6.3f} (chosen on the evaluation split "
                          f"itself, an upper bound: {best['method']})")  # fmt: skip
+    lines += paired_lines(report)
     estimator = report.get("estimator_held_out")
     if estimator:
         r2 = " ".join(f"{k}={v['r2']:.3f}" for k, v in estimator.items() if k != "split")

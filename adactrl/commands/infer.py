@@ -6,6 +6,8 @@ import argparse
 import json
 import math
 
+from adactrl.devices import device_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="answer one question under a latency budget")
@@ -15,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--controller", default=None, help="controller checkpoint (default: untrained)")
     p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
     p.add_argument("--max_new_tokens", type=int, default=4)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed runs of the same request first, so the reported latency is not the cold "
                         "start's (CUDA context and kernel loading: about 1 s on an H100); 0 times the first run")

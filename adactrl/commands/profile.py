@@ -7,6 +7,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from adactrl.devices import device_arg
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="static sweep of every plan: accuracy/latency table and Pareto plot")
@@ -16,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num_samples", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="outputs/profile")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
     p.set_defaults(run=run)
 
 
