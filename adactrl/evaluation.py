@@ -2,11 +2,15 @@
 
 Every method answers every (sample, budget) request at batch size 1 with measured latency:
 
-- controller: the trained two-stage controller, greedy, through `adaptive_infer`;
-- oracle / supervised / random: a static plan chosen per request (the lookup table, the Exp 2
-  network, a seeded uniform draw over the whole KnobSpace); the time the choice takes is
-  measured and counted as controller time;
+- controller: the trained two-stage controller, greedy, through `adaptive_infer` (a second
+  controller method may flip its budget token, to measure what the token alone changes);
+- oracle / family_oracle / supervised / random: a static plan chosen per request (the lookup
+  table, the lookup table of the question's family, the Exp 2 network, a seeded uniform draw
+  over the whole KnobSpace); the time the choice takes is measured and counted as controller time;
 - static: one fixed plan, whatever the budget.
+
+Every method runs on the same model inputs, [image tokens, prompt tokens]: static plans have no
+budget token, and neither has the controller unless its config (or the flipped method) says so.
 
 A static plan's run does not depend on the budget, so each (sample, plan) pair runs once and
 its measurement is reused by every budget and every method that picks that plan.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,18 +41,23 @@ from adactrl.knobs import KnobSpace, Plan
 from adactrl.models.adapter import MoEVLM
 from adactrl.profiling import PlanSummary
 
-METHOD_KINDS: tuple[str, ...] = ("controller", "oracle", "supervised", "random", "static")
+METHOD_KINDS: tuple[str, ...] = ("controller", "oracle", "family_oracle", "supervised", "random", "static")
+
+Chooser = Callable[[float, Mapping], Plan]
+"""(budget in ms, the request's row) -> a static plan; only the family oracle reads the row."""
 
 
 @dataclass(frozen=True)
 class Method:
-    """One way of choosing plans. `choose` maps a budget in ms to a static plan; the controller
-    kind has `controller` instead and chooses inside the request."""
+    """One way of choosing plans. `choose` maps a budget in ms and the request's row to a static
+    plan; the controller kind has `controller` instead and chooses inside the request."""
 
     name: str
     kind: str
-    choose: Callable[[float], Plan] | None = None
+    choose: Chooser | None = None
     controller: Controller | None = None
+    budget_token: bool | None = None
+    """Controller kind only: append the budget token or not; None follows the controller's config."""
 
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
@@ -56,19 +66,34 @@ class Method:
             raise ValueError(f"method {self.name!r}: a controller method has a controller, any other a choose")
 
 
-def controller_method(controller: Controller, name: str = "controller") -> Method:
-    return Method(name, "controller", controller=controller.eval())
+def controller_method(controller: Controller, name: str = "controller", budget_token: bool | None = None) -> Method:
+    return Method(name, "controller", controller=controller.eval(), budget_token=budget_token)
 
 
 def oracle_method(oracle: LookupTableOracle, model: MoEVLM, name: str = "oracle") -> Method:
     oracle.check_knob_space(model.knob_space)
-    return Method(name, "oracle", lambda budget: oracle.choose(budget).to_plan(model.knob_space, model.importance))
+    return Method(name, "oracle", lambda budget, row: oracle.choose(budget).to_plan(model.knob_space, model.importance))
+
+
+def family_oracle_method(oracles: Mapping[str, LookupTableOracle], model: MoEVLM, name: str = "family oracle") -> Method:
+    """The prompt-aware ceiling: the lookup table of the request's question family (from the
+    profile's questions of that family). A request of a family the profile lacks is refused."""
+    for oracle in oracles.values():
+        oracle.check_knob_space(model.knob_space)
+
+    def choose(budget: float, row: Mapping) -> Plan:
+        family = str(row.get("family", ""))
+        if family not in oracles:
+            raise ValueError(f"the profile has no question of family {family!r}; profile more questions")
+        return oracles[family].choose(budget).to_plan(model.knob_space, model.importance)
+
+    return Method(name, "family_oracle", choose)
 
 
 def supervised_method(supervised: SupervisedController, model: MoEVLM, name: str = "supervised") -> Method:
     if supervised.knob_space != model.knob_space:
         raise ValueError("the supervised controller was made for another KnobSpace than the model's")
-    return Method(name, "supervised", lambda budget: supervised.plan(budget, model.importance))
+    return Method(name, "supervised", lambda budget, row: supervised.plan(budget, model.importance))
 
 
 def random_method(knob_space: KnobSpace, importance: Sequence[float], seed: int, name: str = "random") -> Method:
@@ -76,7 +101,7 @@ def random_method(knob_space: KnobSpace, importance: Sequence[float], seed: int,
     generator = torch.Generator().manual_seed(seed)
     values = (knob_space.tiers, knob_space.insertion_positions, knob_space.top_k_values, knob_space.num_blocks_values)
 
-    def choose(budget_ms: float) -> Plan:
+    def choose(budget_ms: float, row: Mapping) -> Plan:
         picks = [v[int(torch.randint(len(v), (1,), generator=generator))] for v in values]
         return knob_space.plan(*picks, importance)
 
@@ -84,7 +109,7 @@ def random_method(knob_space: KnobSpace, importance: Sequence[float], seed: int,
 
 
 def static_methods(plans: Sequence[Plan]) -> list[Method]:
-    return [Method(f"static:{plan.name}", "static", lambda budget, p=plan: p) for plan in plans]
+    return [Method(f"static:{plan.name}", "static", lambda budget, row, p=plan: p) for plan in plans]
 
 
 @dataclass(frozen=True)
@@ -104,10 +129,17 @@ class EvalRecord:
     latency_ms: float
     """End to end, including the controller (or the baseline's choice) time."""
     controller_ms: float
+    family: str = ""
+    """The question's family (synthetic data); "" where the dataset has none."""
 
     @property
     def met(self) -> bool:
         return self.latency_ms <= self.budget_ms
+
+    @property
+    def accuracy_met(self) -> float:
+        """The accuracy users judge: the answer counts only when its budget was met."""
+        return self.accuracy * self.met
 
 
 @dataclass(frozen=True)
@@ -166,12 +198,12 @@ def run_requests(
                 if method.controller is not None:
                     out = adaptive_infer(
                         model, method.controller, row["image"], row["question"], budget,
-                        greedy=True, max_new_tokens=max_new_tokens, device=device,
+                        greedy=True, max_new_tokens=max_new_tokens, device=device, budget_token=method.budget_token,
                     )  # fmt: skip
                     result, choice_ms = out.result, 0.0
                 else:
                     began = time.perf_counter()
-                    plan = method.choose(budget)  # type: ignore[misc]
+                    plan = method.choose(budget, row)  # type: ignore[misc]
                     choice_ms = 0.0 if method.kind == "static" else (time.perf_counter() - began) * 1000.0
                     if plan.name not in cache:
                         cache[plan.name] = execute(
@@ -200,6 +232,7 @@ def _record(method: Method, budget: float, row: dict, result: InferenceResult, c
         accuracy=vqa_score(result.answer, row["answers"]),
         latency_ms=result.total_ms + choice_ms,
         controller_ms=result.latency_ms["controller"] + choice_ms,
+        family=str(row.get("family", "")),
     )
 
 
@@ -226,7 +259,7 @@ def aggregate(records: Sequence[EvalRecord], budget_range: tuple[float, float] |
                 in_range=budget_range is None or budget_range[0] <= budget <= budget_range[1],
                 num_requests=len(group),
                 accuracy=statistics.fmean(r.accuracy for r in group),
-                accuracy_within_budget=statistics.fmean(r.accuracy * r.met for r in group),
+                accuracy_within_budget=statistics.fmean(r.accuracy_met for r in group),
                 mean_latency_ms=statistics.fmean(latencies),
                 median_latency_ms=statistics.median(latencies),
                 p95_latency_ms=percentile(latencies, 0.95),
@@ -251,6 +284,38 @@ def evaluate(
 ) -> list[EvalRow]:
     """`run_requests` then `aggregate`: one row per (method, budget)."""
     return aggregate(run_requests(model, methods, rows, budgets, **run_kwargs), budget_range)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Method a minus method b in accuracy counted only when the budget is met, over the
+    questions both answered at one budget, with the paired standard error of the mean."""
+
+    method_a: str
+    method_b: str
+    budget_ms: float
+    mean: float
+    standard_error: float
+    num_questions: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def paired_difference(records: Sequence[EvalRecord], method_a: str, method_b: str, budget_ms: float) -> PairedDifference:
+    """Both methods answered the same questions, so their per-question differences d_q carry the
+    comparison: mean(d), and stdev(d) / sqrt(n), which removes the questions' own difficulty."""
+    scores: dict[str, dict[int, float]] = {method_a: {}, method_b: {}}
+    for r in records:
+        if r.budget_ms == budget_ms and r.method in scores:
+            scores[r.method][r.question_id] = r.accuracy_met
+    shared = sorted(scores[method_a].keys() & scores[method_b].keys())
+    if len(shared) < 2:
+        raise ValueError(f"{method_a} and {method_b} share {len(shared)} questions at {budget_ms} ms; a paired "
+                         "difference needs at least 2")  # fmt: skip
+    diffs = [scores[method_a][q] - scores[method_b][q] for q in shared]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return PairedDifference(method_a, method_b, budget_ms, statistics.fmean(diffs), se, len(diffs))
 
 
 def static_summaries(records: Sequence[EvalRecord]) -> list[PlanSummary]:

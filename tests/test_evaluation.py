@@ -6,16 +6,19 @@ import pytest
 import torch
 
 import adactrl.evaluation as evaluation
-from adactrl.baselines.oracle import LookupTableOracle
+from adactrl.baselines.oracle import LookupTableOracle, family_oracles
 from adactrl.baselines.supervised import SupervisedConfig, train_supervised
 from adactrl.cli import main
+from adactrl.commands.evaluate import measurement_threads
 from adactrl.controller import Controller, ControllerConfig, save_controller
 from adactrl.evaluation import (
     EvalRecord,
     aggregate,
     controller_method,
+    family_oracle_method,
     log_spaced_budgets,
     oracle_method,
+    paired_difference,
     random_method,
     static_methods,
     supervised_method,
@@ -128,9 +131,46 @@ def test_evaluate_command_writes_every_output(tiny_setup, capsys):
     assert [b["oracle_plan"] for b in report["budgets"]] == ["low/ins1/k2/b6", "high/ins1/k4/b8"]
     with (out / "evaluation.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert len(table) == (4 + 3) * 2  # controller, oracle, supervised, random + 3 static plans, 2 budgets
+    # controller, controller with the budget token flipped, oracle, supervised, random + 3 static plans;
+    # no family oracle: the profile has only count questions, the test rows other families too
+    assert len(table) == (5 + 3) * 2
     printed = capsys.readouterr().out
     assert "outside the calibrated range" in printed and "oracle" in printed
+    assert "controller - oracle" in printed and "budget token flipped" in printed and "no family oracle" in printed
+    assert [p["controller_minus_oracle"]["num_questions"] for p in report["paired"]] == [2, 2]
+    assert report["measurement"]["controller_budget_token"] is False
+
+
+def test_threads_default_to_the_training_runs():
+    assert measurement_threads(None, {"budget_range": {"num_threads": 1}}) == (1, "checkpoint")
+    assert measurement_threads(3, {"budget_range": {"num_threads": 1}}) == (3, "flag")
+    assert measurement_threads(None, {}) == (None, "torch default")
+
+
+def test_paired_difference_by_hand():
+    # questions 0, 1, 2 at 10 ms; a: 1 met, 1 missed (12 ms), 0 met; b: 0, 1, 0 all met
+    # accuracy counted when met: a = 1, 0, 0; b = 0, 1, 0 -> d = 1, -1, 0: mean 0, stdev 1, se 1/sqrt(3)
+    records = [
+        dataclasses.replace(rec("a", 10.0, 1.0, 8.0), question_id=0), dataclasses.replace(rec("a", 10.0, 1.0, 12.0), question_id=1),
+        dataclasses.replace(rec("a", 10.0, 0.0, 8.0), question_id=2), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), question_id=0),
+        dataclasses.replace(rec("b", 10.0, 1.0, 8.0), question_id=1), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), question_id=2),
+    ]  # fmt: skip
+    d = paired_difference(records, "a", "b", 10.0)
+    assert (d.mean, d.num_questions) == (0.0, 3)
+    assert d.standard_error == pytest.approx(1 / 3**0.5)
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_difference(records[:1] + records[3:4], "a", "b", 10.0)
+
+
+def test_family_oracle_picks_each_familys_own_plan(tiny_model):
+    # count questions need the dear plan (0.2 -> 0.9), color questions do as well with the cheap one
+    rows = [record(plan, qid, acc, ms, family=fam) for fam, accs in (("count", (0.2, 0.9)), ("color", (0.9, 0.9)))
+            for plan, acc, ms in zip((TINY_PLANS[0], TINY_PLANS[2]), accs, (5.0, 20.0)) for qid in (1, 2)]  # fmt: skip
+    method = family_oracle_method(family_oracles(rows), tiny_model)
+    assert method.choose(30.0, {"family": "count"}).name == "high/ins1/k4/b8"
+    assert method.choose(30.0, {"family": "color"}).name == "low/ins1/k2/b6"
+    with pytest.raises(ValueError, match="no question of family 'digit'"):
+        method.choose(30.0, {"family": "digit"})
 
 
 def test_calibrated_range_reads_the_trainers_checkpoint_and_keeps_its_ends_in_range():

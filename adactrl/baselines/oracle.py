@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from adactrl.knobs import KnobSpace, Plan
-from adactrl.profiling import PlanSummary, read_profile, summarize
+from adactrl.profiling import PlanSummary, SweepRecord, read_profile, summarize
 
 LATENCY_STATISTICS: tuple[str, ...] = ("p95", "median")
 
@@ -144,3 +145,15 @@ class LookupTableOracle:
                         f"{knob}={getattr(summary, knob)!r}, the model allows {list(values)}; "
                         "profile this model with `adactrl profile`"
                     )
+
+
+def family_oracles(records: Sequence[SweepRecord], statistic: str = "p95") -> dict[str, LookupTableOracle]:
+    """The prompt-aware oracle: one lookup table per question family, each chosen on that
+    family's profiled questions only. A controller whose stage 1 reads the prompt can learn it,
+    so it is the ceiling an adaptive controller is measured against (the static oracle is the
+    floor). Records without a family ("") form no table."""
+    by_family: dict[str, list[SweepRecord]] = defaultdict(list)
+    for record in records:
+        if record.family:
+            by_family[record.family].append(record)
+    return {family: LookupTableOracle.from_summaries(summarize(rows), statistic) for family, rows in sorted(by_family.items())}

@@ -28,7 +28,6 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from adactrl.devices import device_arg
 
 STATIC_CHOICES = ("all", "frontier", "none")
 BASELINE_CHOICES = ("all", "oracles")
@@ -62,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run the controller with its budget token flipped and report the difference")  # fmt: skip
     p.add_argument("--max_new_tokens", type=int, default=4)
     p.add_argument("--output_dir", default="outputs/evaluate")
-    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu")
     p.add_argument("--num_threads", type=int, default=None,
                    help="torch CPU threads (default: the training run's, from the checkpoint; else torch's)")  # fmt: skip
     p.set_defaults(run=run)
@@ -119,8 +118,11 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         methods.append(controller_method(controller, flipped_name(token), budget_token=not token))
     methods.append(oracle_method(oracle, model))
     families = family_oracles(records, args.oracle_statistic)
-    if families and all("family" in row for row in rows):
+    missing = {str(row.get("family", "")) for row in rows} - set(families)
+    if not missing:
         methods.append(family_oracle_method(families, model, CEILING))
+    else:
+        print(f"note: no {CEILING} (the ceiling): the profile has no question of families {sorted(missing)}")
     if args.baselines == "all":
         methods += [supervised_method(supervised, model), random_method(space, model.importance, args.seed)]
     chosen = {"all": summaries, "frontier": pareto_frontier(summaries), "none": []}[args.static_plans]
@@ -320,7 +322,8 @@ def paired_lines(report: dict) -> list[str]:
             lines.append(f"{entry['budget_ms']:9.2f} budget token flipped ({t['method_a']}) - controller "
                          f"{t['mean']:+.3f} ± {t['standard_error']:.3f}")  # fmt: skip
     m = report["measurement"]
-    lines.append(f"measured with {m['num_threads']} threads ({m['threads_source']}) on {m['device']}; budget token: "
+    lines.append(f"measured with {m['num_threads'] or 'the default number of'} threads ({m['threads_source']}) on "
+                 f"{m['device']}; budget token: "
                  f"controller {'on' if m['controller_budget_token'] else 'off'}, static plans off")  # fmt: skip
     return lines
 
