@@ -28,6 +28,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from adactrl.devices import device_arg
 
 STATIC_CHOICES = ("all", "frontier", "none")
 BASELINE_CHOICES = ("all", "oracles")
@@ -61,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also run the controller with its budget token flipped and report the difference")  # fmt: skip
     p.add_argument("--max_new_tokens", type=int, default=4)
     p.add_argument("--output_dir", default="outputs/evaluate")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--num_threads", type=int, default=None,
                    help="torch CPU threads (default: the training run's, from the checkpoint; else torch's)")  # fmt: skip
     p.set_defaults(run=run)
