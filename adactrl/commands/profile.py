@@ -19,6 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_dir", default="outputs/profile")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--num_threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's); `adactrl train` measures with 1 per worker")
+    p.add_argument("--all_insertions", action="store_true",
+                   help="sweep every insertion point (5x the plans) instead of the first only")  # fmt: skip
     p.set_defaults(run=run)
 
 
@@ -37,10 +41,19 @@ def profile(args: argparse.Namespace):
     from adactrl.data import load_vqa_dataset
     from adactrl.models.embedded import EmbeddedVLM
 
+    if args.num_threads is not None:
+        if args.num_threads < 1:
+            raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
+        torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     model = EmbeddedVLM.load(args.model_path).to(args.device)
     rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
-    _, summaries = sweep_and_write(model, rows, args.output_dir, device=args.device)
+    space = model.knob_space
+    at = space.insertion_positions if args.all_insertions else space.insertion_positions[:1]
+    plans = [plan for insertion in at for plan in space.static_plans(model.importance, insertion)]
+    if args.all_insertions:  # at the default top-k every insertion point runs the same plan: keep one
+        plans = [p for p in plans if p.top_k != space.default_top_k or p.insertion == at[0]]
+    _, summaries = sweep_and_write(model, rows, args.output_dir, device=args.device, plans=plans)
     return summaries, Path(args.output_dir)
 
 
