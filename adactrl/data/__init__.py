@@ -1,12 +1,23 @@
 """VQA datasets with one set of columns (VQA_FEATURES): the synthetic set, built in memory, and
-TextVQA, VQAv2 and OK-VQA, read from the local Hugging Face cache."""
+TextVQA, VQAv2, OK-VQA and COCO captions, read from a --data_dir, the Hugging Face cache or the hub
+(adactrl.data.real; docs/datasets.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import datasets
 
+from adactrl.data.real import (
+    CAPTION_PROMPT,
+    DATASET_ALIASES,
+    REAL_DATASETS,
+    DatasetUnavailableError,
+    RealDataset,
+    load_real_dataset,
+    metric_for_family,
+    real_dataset,
+)
 from adactrl.data.synthetic import (
     FAMILIES,
     IMAGE_SIZE,
@@ -21,66 +32,49 @@ from adactrl.data.synthetic import (
     make_synthetic_vqa,
 )
 
-HF_DATASET_IDS: dict[str, str] = {
-    "text_vqa": "lmms-lab/textvqa",
-    "vqav2": "HuggingFaceM4/VQAv2",
-    "okvqa": "HuggingFaceM4/OK-VQA",
+HF_DATASET_IDS: dict[str, str] = {name: spec.hub_id for name, spec in REAL_DATASETS.items()} | {
+    alias: REAL_DATASETS[name].hub_id for alias, name in DATASET_ALIASES.items()
 }
 DATASET_NAMES: tuple[str, ...] = ("synthetic", *HF_DATASET_IDS)
 
 __all__ = [
+    "CAPTION_PROMPT",
     "DATASET_NAMES",
     "FAMILIES",
     "HF_DATASET_IDS",
     "IMAGE_SIZE",
     "NUM_ANSWERS",
+    "REAL_DATASETS",
     "SPLITS",
     "VOCABULARY",
     "VQA_FEATURES",
+    "DatasetUnavailableError",
+    "RealDataset",
     "SyntheticSample",
     "SyntheticVQAConfig",
     "canonical_answer",
     "generate_sample",
     "load_vqa_dataset",
     "make_synthetic_vqa",
+    "metric_for_family",
+    "real_dataset",
 ]
 
 
-def load_vqa_dataset(name: str, split: str, num_samples: int, seed: int) -> datasets.Dataset:
+def load_vqa_dataset(
+    name: str, split: str, num_samples: int, seed: int, *, data_dir: str | Path | None = None
+) -> datasets.Dataset:
     """A VQA dataset with VQA_FEATURES columns.
 
     "synthetic" generates `num_samples` questions of `split` from `seed`. The real sets take a
-    seeded random subset of at most `num_samples` rows of `split`, with `family` set to the
-    dataset name and `answer` to the most frequent annotator answer."""
-    if name == "synthetic":
+    seeded random subset of at most `num_samples` rows of `split` (the dataset's own split name,
+    or 'validation' for its validation split), with images decoded only when a row is read.
+    `data_dir` holds the dataset, or one folder per dataset named as `name` or as its hub
+    repository (DIR/text_vqa or DIR/textvqa); see adactrl.data.real for the sources tried after it."""
+    if name == "synthetic":  # generated: a data_dir (given for the real sets of a mix) is not read
         return make_synthetic_vqa(SyntheticVQAConfig(num_questions=num_samples, seed=seed, split=split))
     if name not in HF_DATASET_IDS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASET_NAMES)}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-    hf_id = HF_DATASET_IDS[name]
-    try:
-        raw = datasets.load_dataset(hf_id, split=split)
-    except Exception as err:  # no network, not cached, unknown split: the remedy is the same
-        raise RuntimeError(
-            f"could not load {name} ({hf_id}, split {split!r}): {err}. The dataset must be in the "
-            f"local Hugging Face cache: load it once with network access "
-            f"(datasets.load_dataset({hf_id!r}, split={split!r})), then run with HF_DATASETS_OFFLINE=1"
-        ) from err
-    subset = raw.shuffle(seed=seed).select(range(min(num_samples, len(raw))))
-    return _to_vqa_columns(subset, name)
-
-
-def _answer_strings(answers: Sequence[str | Mapping[str, str]] | None) -> list[str]:
-    """VQAv2 and OK-VQA store each answer as a record with an "answer" field, TextVQA as a string.
-    Unannotated rows (test splits) give no answers, which canonical_answer then refuses."""
-    return [a["answer"] if isinstance(a, Mapping) else a for a in answers or ()]
-
-
-def _to_vqa_columns(raw: datasets.Dataset, family: str) -> datasets.Dataset:
-    def convert(answers: Sequence[str | Mapping[str, str]] | None) -> dict[str, object]:
-        strings = _answer_strings(answers)
-        return {"answers": strings, "answer": canonical_answer(strings), "family": family}
-
-    mapped = raw.map(convert, input_columns="answers")
-    return mapped.select_columns(list(VQA_FEATURES)).cast(VQA_FEATURES)
+    return load_real_dataset(real_dataset(name), split, num_samples, seed, data_dir=data_dir)
