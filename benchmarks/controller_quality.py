@@ -64,12 +64,15 @@ def main() -> int:
                 "--output_dir", str(evaluation)], evaluation.with_suffix(".log"))  # fmt: skip
             report = json.loads((evaluation / "evaluation.json").read_text())
             results.append(judge(seed, test_seed, report, summary.get("wall_s", train_s)))
-    (out / "controller_quality.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2) + "\n")
-    table = format_table(results)
-    (out / "controller_quality.md").write_text(table + "\n")
-    plot(results, out / "controller_quality.png")
-    print(table)
+            write(results, vars(args), out)  # after every evaluation, so a stopped run keeps what finished
+    print(format_table(results))
     return 0
+
+
+def write(results: list[dict], args: dict, out: Path) -> None:
+    (out / "controller_quality.json").write_text(json.dumps({"args": args, "results": results}, indent=2) + "\n")
+    (out / "controller_quality.md").write_text(format_table(results) + "\n")
+    plot(results, out / "controller_quality.png")
 
 
 def step(reuse: bool, done: Path, command: list[str], log: Path) -> float:
