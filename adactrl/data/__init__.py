@@ -16,6 +16,7 @@ from adactrl.data.real import (
     RealDataset,
     load_real_dataset,
     metric_for_family,
+    read_rows,
     real_dataset,
 )
 from adactrl.data.synthetic import (
@@ -57,6 +58,7 @@ __all__ = [
     "load_vqa_dataset",
     "make_synthetic_vqa",
     "metric_for_family",
+    "read_rows",
     "real_dataset",
 ]
 

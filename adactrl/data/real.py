@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from datasets.naming import camelcase_to_snakecase
 from datasets.table import InMemoryTable, concat_tables
 
 from adactrl.data.synthetic import VQA_FEATURES, canonical_answer
@@ -134,33 +135,54 @@ def load_real_dataset(
     return converted.select(order)
 
 
+def read_rows(dataset: datasets.Dataset) -> tuple[list[dict], list[str]]:
+    """Every row with its image decoded, and why each other row could not be read (an image that
+    does not decode): for callers that read a whole split at once, to skip and count those rows
+    as the rollout workers do."""
+    rows, skipped = [], []
+    for index in range(len(dataset)):
+        try:
+            rows.append(dataset[index])
+        except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            skipped.append(f"row {index}: {type(err).__name__}: {err}")
+    return rows, skipped
+
+
 def _load_raw(spec: RealDataset, split: str, data_dir: str | Path | None) -> tuple[datasets.Dataset, str]:
     if data_dir is not None:
         root = Path(data_dir)
         names = (spec.name, *(a for a, n in DATASET_ALIASES.items() if n == spec.name), spec.hub_id.split("/")[-1])
         root = next((root / n for n in names if (root / n).is_dir()), root)
         return _from_dir(spec, split, root, "--data_dir")
-    snapshot = _hub_cache_snapshot(spec.hub_id)
-    if snapshot is not None and {split, spec.aliases.get(split)} & set(_splits_in_dir(spec, snapshot)):
-        return _from_dir(spec, split, snapshot, "the hub cache")
     split = _resolve_split(spec, split, spec.splits, spec.hub_id)
     try:
+        cached = _hub_snapshot(spec, split, local_files_only=True)
+    except Exception:  # not in the hub cache: the next source
+        cached = None
+    if cached is not None and any((cached / "data").glob(f"{split}-*.parquet")):
+        return _from_dir(spec, split, cached, "the hub cache")
+    namespace, repo = spec.hub_id.split("/")
+    if (Path(datasets.config.HF_DATASETS_CACHE) / f"{namespace}___{camelcase_to_snakecase(repo)}").is_dir():
+        # What datasets.load_dataset(hub_id) left on a connected machine: read offline, or checked
+        # against the hub when it is reachable.
         return datasets.load_dataset(spec.hub_id, split=split), split
-    except Exception as err:  # offline and not cached, no network, a gated repo: the remedy is the same
+    try:  # the hub: only this split's shards, into the hub cache, where the next run finds them
+        downloaded = _hub_snapshot(spec, split, local_files_only=False)
+    except Exception as err:  # offline, no network, a gated repo: the remedy is the same
         raise DatasetUnavailableError(
             f"{spec.name} ({spec.hub_id}, split {split!r}) is not available: no --data_dir was given, it is "
             f"not in the Hugging Face cache and the hub could not be read ({type(err).__name__}: {err}). "
             f"To fetch it, {spec.fetch_hint(split)}"
         ) from err
+    return _from_dir(spec, split, downloaded, "the hub")
 
 
-def _hub_cache_snapshot(hub_id: str) -> Path | None:
+def _hub_snapshot(spec: RealDataset, split: str, *, local_files_only: bool) -> Path:
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(hub_id, repo_type="dataset", local_files_only=True))
-    except Exception:  # not cached: the next source is tried
-        return None
+    path = snapshot_download(spec.hub_id, repo_type="dataset", allow_patterns=[f"data/{split}-*"],
+                             local_files_only=local_files_only)  # fmt: skip
+    return Path(path)
 
 
 def _resolve_split(spec: RealDataset, split: str, available: tuple[str, ...], where: str) -> str:

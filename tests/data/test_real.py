@@ -15,6 +15,7 @@ from adactrl.data import (
     DatasetUnavailableError,
     load_vqa_dataset,
     metric_for_family,
+    read_rows,
 )
 from adactrl.training.rollout import SampleError, prepare_sample
 from tests.data.layouts import (
@@ -164,6 +165,9 @@ def test_undecodable_image_rows_are_skipped_by_the_rollout(tmp_path, caches):
         prepare_sample(dataset, bad, _Tokenizes())
     good = [prepare_sample(dataset, i, _Tokenizes()) for i in range(3) if i != bad]
     assert [s.answers for s in good] and all(len(s.answers) == 10 for s in good)
+    rows, skipped = read_rows(dataset)  # for callers that read the whole split at once
+    assert [r["question_id"] for r in rows] == [q for q in dataset["question_id"] if q != 1001]
+    assert len(skipped) == 1 and skipped[0].startswith(f"row {bad}: UnidentifiedImageError")
 
 
 # ----------------------------------------------------------------------------- bad input
