@@ -7,7 +7,8 @@ Sources, in order; the first that holds the dataset is used:
    writes them (parquet shards `DIR/data/<split>-00000-of-0000N.parquet`), or a `save_to_disk`
    folder (a DatasetDict, one Dataset per split folder, or one Dataset that records its split).
 2. the Hugging Face hub cache (a `hf download` without `--local-dir`), read offline;
-3. `datasets.load_dataset(ID)`: its Arrow cache when offline, the hub when it is reachable.
+3. the datasets Arrow cache that `datasets.load_dataset(ID)` left, when it has one;
+4. the hub, when it is reachable: the split's parquet shards only, into the hub cache.
 
 Every source ends as a memory-mapped Arrow table. The derived columns (answers as strings,
 question_id, family, answer) are a few bytes a row and held in memory; the images stay in the
@@ -162,16 +163,20 @@ def _load_raw(spec: RealDataset, split: str, data_dir: str | Path | None) -> tup
     if cached is not None and any((cached / "data").glob(f"{split}-*.parquet")):
         return _from_dir(spec, split, cached, "the hub cache")
     namespace, repo = spec.hub_id.split("/")
+    cache_error = ""
     if (Path(datasets.config.HF_DATASETS_CACHE) / f"{namespace}___{camelcase_to_snakecase(repo)}").is_dir():
         # What datasets.load_dataset(hub_id) left on a connected machine: read offline, or checked
         # against the hub when it is reachable.
-        return datasets.load_dataset(spec.hub_id, split=split), split
+        try:
+            return datasets.load_dataset(spec.hub_id, split=split), split
+        except Exception as err:  # another config or an incomplete cache: the hub may still have it
+            cache_error = f"; the datasets cache holds {spec.hub_id} but could not give it ({err})"
     try:  # the hub: only this split's shards, into the hub cache, where the next run finds them
         downloaded = _hub_snapshot(spec, split, local_files_only=False)
     except Exception as err:  # offline, no network, a gated repo: the remedy is the same
         raise DatasetUnavailableError(
             f"{spec.name} ({spec.hub_id}, split {split!r}) is not available: no --data_dir was given, it is "
-            f"not in the Hugging Face cache and the hub could not be read ({type(err).__name__}: {err}). "
+            f"not in the Hugging Face cache and the hub could not be read ({type(err).__name__}: {err}){cache_error}. "
             f"To fetch it, {spec.fetch_hint(split)}"
         ) from err
     return _from_dir(spec, split, downloaded, "the hub")
