@@ -113,10 +113,17 @@ def real_dataset(name: str) -> RealDataset:
     return REAL_DATASETS[DATASET_ALIASES.get(name, name)]
 
 
+def dataset_of_family(family: str) -> str:
+    """The dataset a row of this family comes from, to report metrics per dataset: the real set's
+    name ('coco_2014_vqa:yes/no' -> 'coco_2014_vqa'), 'synthetic' for the synthetic families."""
+    name = family.split(":", 1)[0]
+    return name if name in REAL_DATASETS else "synthetic"
+
+
 def metric_for_family(family: str) -> str:
     """The metric that scores a row of this family: 'cider' for captions, 'vqa' for every other row."""
-    spec = REAL_DATASETS.get(family.split(":", 1)[0])
-    return spec.metric if spec is not None else "vqa"
+    name = dataset_of_family(family)
+    return REAL_DATASETS[name].metric if name in REAL_DATASETS else "vqa"
 
 
 def load_real_dataset(

@@ -13,6 +13,7 @@ from adactrl.data import (
     CAPTION_PROMPT,
     VQA_FEATURES,
     DatasetUnavailableError,
+    dataset_of_family,
     load_vqa_dataset,
     metric_for_family,
     read_rows,
@@ -145,7 +146,10 @@ def test_rows_stay_memory_mapped_and_mix_with_synthetic(tmp_path, caches):
     assert mixed.features == VQA_FEATURES and len(mixed) == 4 and mixed[3]["family"] == "text_vqa"
 
 
-def test_metric_follows_the_family():
+def test_metric_and_dataset_follow_the_family():
+    assert [dataset_of_family(f) for f in ("text_vqa", "coco_2014_vqa:yes/no", "okvqa:one", "color")] == [
+        "text_vqa", "coco_2014_vqa", "okvqa", "synthetic",
+    ]  # fmt: skip
     assert metric_for_family("coco_caption") == "cider"
     assert [metric_for_family(f) for f in ("text_vqa", "coco_2014_vqa:yes/no", "okvqa:one", "color")] == ["vqa"] * 4
 
