@@ -98,10 +98,7 @@ def execute(
             features = model.encode_vision(model.preprocess(image, first.tier).to(device))
         with timer.stage("projector"):
             image_tokens = model.project(features)  # [N, d]
-        parts = [image_tokens, words]
-        if first.budget_token is not None:
-            parts.append(first.budget_token.reshape(1, -1).to(words.dtype))
-        prefix = torch.cat(parts).unsqueeze(0)  # [1, L, d]
+        prefix = model.prefill_layout(image_tokens, words, first.budget_token)  # [1, L, d]
         if prefix.shape[1] + max_new_tokens > model.max_context:
             raise ValueError(
                 f"{prefix.shape[1]} prefill tokens + {max_new_tokens} new tokens exceed the "

@@ -1,4 +1,4 @@
-"""The small interface every frozen MoE VLM implements (the embedded model now, MolmoE-1B later).
+"""The small interface every frozen MoE VLM implements (the embedded model and MolmoE-1B).
 
 Adapters only run the frozen model: no training, no logging, no timing. The executor composes
 these calls into one adaptive inference and measures each stage around them.
@@ -13,6 +13,12 @@ import torch
 from PIL import Image
 
 from adactrl.knobs import KnobSpace
+
+
+class ImageInput(Protocol):
+    """What `preprocess` returns: a tensor, or a record of tensors that moves as one."""
+
+    def to(self, device: torch.device | str) -> ImageInput: ...
 
 
 @runtime_checkable
@@ -39,16 +45,31 @@ class MoEVLM(Protocol):
         """Frozen word embeddings: [T] -> [T, d_model]."""
         ...
 
-    def preprocess(self, image: Image.Image, tier: str) -> torch.Tensor:
-        """An RGB image -> pixel crops for this tier [C, 3, H, W] (global crop first)."""
+    def tokenize_answer(self, answer: str) -> torch.Tensor:
+        """A reference answer -> the ids the model would generate for it [A] (no end-of-sequence)."""
         ...
 
-    def encode_vision(self, crops: torch.Tensor) -> torch.Tensor:
-        """Vision tower: [C, 3, H, W] -> patch features [C, P, d_vision]."""
+    def preprocess(self, image: Image.Image, tier: str) -> ImageInput:
+        """An RGB image -> this tier's vision input: pixel crops [C, 3, H, W] (global crop first),
+        possibly with the adapter's own bookkeeping (MolmoE: patch masks and token layout)."""
         ...
 
-    def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Pool and project patch features to LLM image tokens: [C, P, d_vision] -> [N, d_model]."""
+    def encode_vision(self, crops: Any) -> Any:
+        """Vision tower on `preprocess`'s output -> patch features [C, P, d_vision] (or the
+        adapter's record holding them). Only `project` reads the result."""
+        ...
+
+    def project(self, features: Any) -> torch.Tensor:
+        """Pool and project patch features to the image's LLM tokens: [N, d_model]."""
+        ...
+
+    def prefill_layout(
+        self, image_tokens: torch.Tensor, words: torch.Tensor, budget_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The prefill sequence [1, L, d_model] from the image tokens [N, d], the prompt's
+        embeddings [T, d] and an optional budget token [d], which comes last (after the prompt).
+        The adapter owns the order: the embedded model puts the image first; MolmoE puts BOS, then
+        the image segment, then the prompt in its chat format."""
         ...
 
     def new_cache(self) -> Any:

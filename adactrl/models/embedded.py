@@ -22,6 +22,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, DynamicCache, OlmoeConfig, OlmoeForCausalLM
 
 from adactrl.knobs import KnobSpace
+from adactrl.models.importance import load_importance_scores
 from adactrl.models.preprocessing import CropConfig, make_crops
 from adactrl.models.tokenizer import WordTokenizer
 
@@ -46,6 +47,49 @@ def cache_keyword(layer_type: type[nn.Module]) -> str:
         f"{layer_type.__name__}.forward takes neither `cache` nor `past_key_values`: this transformers "
         "release is not supported; install one that pyproject.toml allows"
     )
+
+
+def run_olmoe_blocks(
+    layers: nn.ModuleList,
+    rotary_emb: nn.Module,
+    hidden: torch.Tensor,
+    blocks: Sequence[int],
+    top_k: int,
+    cache: Any,
+    start: int,
+    keyword: str,
+    masks: dict[int, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Run OLMoE decoder `layers[i]` for i in `blocks`, in order, at router top-k `top_k`, on
+    hidden [1, T, d] for positions start..start+T-1; the adapters built on OLMoE share it.
+
+    No mask unless `masks` gives one for a block: sequences are unpadded (or right-padded in
+    training), causal attention is implied for several tokens and a single decode token sees its
+    whole cached past. Skipped blocks write nothing to the cache, so decode stays consistent.
+    """
+    if not blocks:
+        return hidden
+    positions = torch.arange(start, start + hidden.shape[1], device=hidden.device).unsqueeze(0)
+    rotary = rotary_emb(hidden, positions)
+    for index in blocks:
+        block = layers[index]
+        block.mlp.gate.top_k = top_k
+        hidden = block(
+            hidden,
+            attention_mask=(masks or {}).get(index),
+            position_ids=positions,
+            use_cache=cache is not None,
+            **{keyword: cache},
+            position_embeddings=rotary,
+        )
+    return hidden
+
+
+def append_budget(parts: list[torch.Tensor], budget_token: torch.Tensor | None) -> torch.Tensor:
+    """Concatenate prefill parts [n_i, d] with the budget token [d] last -> [1, L, d]."""
+    if budget_token is not None:
+        parts = [*parts, budget_token.reshape(1, -1).to(parts[-1].dtype)]
+    return torch.cat(parts).unsqueeze(0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +242,14 @@ class EmbeddedVLM(nn.Module):
     def preprocess(self, image: Image.Image, tier: str) -> torch.Tensor:
         return make_crops(image, tier, self.config.crop)
 
+    def tokenize_answer(self, answer: str) -> torch.Tensor:
+        return self.tokenize(answer)
+
+    def prefill_layout(
+        self, image_tokens: torch.Tensor, words: torch.Tensor, budget_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return append_budget([image_tokens, words], budget_token)
+
     def encode_vision(self, crops: torch.Tensor) -> torch.Tensor:
         # [C, 3, H, W] -> [C, P, d_v], the CLS position dropped
         return self.vision(pixel_values=crops).last_hidden_state[:, 1:]
@@ -217,25 +269,11 @@ class EmbeddedVLM(nn.Module):
         cache: Any,
         start: int,
     ) -> torch.Tensor:
-        if not blocks:
-            return hidden
-        positions = torch.arange(start, start + hidden.shape[1], device=hidden.device).unsqueeze(0)
-        rotary = self.lm.model.rotary_emb(hidden, positions)
-        for index in blocks:
-            block = self.blocks[index]
-            block.mlp.gate.top_k = top_k
-            # No mask: sequences are unpadded (or right-padded in training) and causal
-            # attention is implied for multi-token inputs; a single decode token sees its past.
-            mask = self._stem_mask(hidden, start) if index == 0 and self.config.stem_self_only else None
-            hidden = block(
-                hidden,
-                attention_mask=mask,
-                position_ids=positions,
-                use_cache=cache is not None,
-                **{self._cache_keyword: cache},
-                position_embeddings=rotary,
-            )
-        return hidden
+        stem = self._stem_mask(hidden, start) if self.config.stem_self_only else None
+        return run_olmoe_blocks(
+            self.blocks, self.lm.model.rotary_emb, hidden, blocks, top_k, cache, start, self._cache_keyword,
+            masks={0: stem} if stem is not None else None,
+        )
 
     @staticmethod
     def _stem_mask(hidden: torch.Tensor, start: int) -> torch.Tensor:
@@ -309,20 +347,6 @@ class EmbeddedVLM(nn.Module):
 
 def shipped_model_dir() -> Path:
     return Path(str(resources.files("adactrl.models") / "assets"))
-
-
-def load_importance_scores(path: str | Path, num_layers: int) -> tuple[float, ...]:
-    """Read an importance JSON (see `adactrl.models.importance`) and check it fits the model."""
-    try:
-        data = json.loads(Path(path).read_text())
-        scores = tuple(float(s) for s in data["scores"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"importance scores file not found: {path}") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not an importance-scores JSON with a 'scores' list: {err}") from err
-    if len(scores) != num_layers:
-        raise ValueError(f"{path} has {len(scores)} scores but the model has {num_layers} blocks")
-    return scores
 
 
 def _slot_offsets(crop: CropConfig) -> list[tuple[int, int]]:

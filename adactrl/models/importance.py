@@ -91,8 +91,35 @@ def answer_nll(
 def prefix_and_target(model: MoEVLM, row: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """A row at the highest tier -> prefix [1, L, d] and answer ids ending with EOS."""
     image_tokens = model.project(model.encode_vision(model.preprocess(row["image"], model.knob_space.tiers[-1])))
-    prefix = torch.cat([image_tokens, model.embed_tokens(model.tokenize(row["question"]))]).unsqueeze(0)
-    return prefix, torch.cat([model.tokenize(row["answer"]), torch.tensor([model.eos_token_id])])
+    prefix = model.prefill_layout(image_tokens, model.embed_tokens(model.tokenize(row["question"])))
+    return prefix, torch.cat([model.tokenize_answer(row["answer"]), torch.tensor([model.eos_token_id])])
+
+
+def load_importance_scores(path: str | Path, num_layers: int) -> tuple[float, ...]:
+    """Read block importance from JSON and check it fits the model. Two formats are accepted:
+    this module's (a "scores" list, one float per block) and the seed prototype's flat
+    {"0": score, "1": score, ...} (every block from 0 to num_layers - 1 present)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"importance scores file not found: {path}") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    try:
+        if isinstance(data, dict) and "scores" in data:
+            scores = tuple(float(s) for s in data["scores"])
+        elif isinstance(data, dict) and data and all(str(k).isdigit() for k in data):
+            blocks = sorted(int(k) for k in data)
+            if blocks != list(range(len(blocks))):
+                raise ValueError(f"blocks {blocks} are not 0..{len(blocks) - 1}")
+            scores = tuple(float(data[str(b)]) for b in blocks)
+        else:
+            raise ValueError("""expected a 'scores' list or a flat {"0": score, ...}""")
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} is not an importance-scores JSON: {err}") from err
+    if len(scores) != num_layers:
+        raise ValueError(f"{path} has {len(scores)} scores but the model has {num_layers} blocks")
+    return scores
 
 
 @dataclass(frozen=True)
