@@ -74,3 +74,6 @@ REWARD_MISS = REWARD_PREFIX + "miss"
 """-miss_penalty per missed budget (adactrl.reward.RewardConfig.miss_penalty)."""
 FRAC_ACCURACY_EQUAL = "rollout/frac_accuracy_equal"
 """Share of groups whose plans all scored the same accuracy: no accuracy signal, only latency."""
+
+LEARNER_RESTARTS = "system/learner_restarts"
+"""Times the learner actor was lost and restarted from the newest checkpoint in this run."""

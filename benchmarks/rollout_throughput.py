@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adactrl.controller import Controller, ControllerConfig  # noqa: E402
 from adactrl.training.config import DataConfig, TrainConfig, WorkerConfig  # noqa: E402
-from adactrl.training.driver import rollout_backend  # noqa: E402
+from adactrl.orchestration.ray_backend import ray_backend  # noqa: E402
 from adactrl.training.loop import request_seed  # noqa: E402
 from adactrl.training.records import BudgetRange, RolloutRequest, WeightsRef  # noqa: E402
 from learner import Learner  # noqa: E402
@@ -56,10 +56,10 @@ def main() -> int:
     learner = Learner(controller, config.learner)
     worker_config = WorkerConfig(controller=controller.config, data=config.data, reward=config.reward,
                                  model_path=args.model_path)  # fmt: skip
-    with rollout_backend(config, worker_config) as backend:
-        weights = backend.publish(learner.weights())
-        calibration = backend.run_all("calibrate", [(tuple(range(4)),)] * args.num_workers, None)
-        budget = BudgetRange.calibrate(calibration, config.budget_margin)
+    with ray_backend(config, worker_config, controller, None) as backend:
+        weights = backend.weights()
+        ray.get([a.load_weights.remote(weights.version, weights.state) for a in backend.actors])
+        budget = BudgetRange.calibrate(backend.calibrate(tuple(range(4))), config.budget_margin)
 
         def request(worker: int, k: int) -> RolloutRequest:
             seed = request_seed(0, worker, k)
@@ -67,12 +67,12 @@ def main() -> int:
             budgets = budget.sample(np.random.default_rng(seed), len(indices))
             return RolloutRequest(0, k, indices, budgets, args.group_size, weights.version, seed)
 
-        backend.run_all("rollout", [(request(w, args.requests),) for w in range(args.num_workers)], weights)
+        # The batches come to this process here (the training driver never does that): the learner
+        # update is timed on them below, in this process.
+        ray.get([a.rollout.remote(request(w, args.requests)) for w, a in enumerate(backend.actors)])
         began = time.perf_counter()
-        for k in range(args.requests):
-            for w in range(args.num_workers):
-                backend.submit(w, request(w, k), weights)
-        batches = [backend.wait()[1] for _ in range(args.requests * args.num_workers)]
+        batches = ray.get([a.rollout.remote(request(w, k)) for k in range(args.requests)
+                           for w, a in enumerate(backend.actors)])  # fmt: skip
         wall_s = time.perf_counter() - began
 
         update_ms = []
@@ -85,7 +85,7 @@ def main() -> int:
         for _ in range(args.broadcasts):
             state = learner.weights()
             t = time.perf_counter()
-            published = backend.publish(WeightsRef(state.version + len(put_ms) + 1, state.state))
+            published = WeightsRef(state.version + len(put_ms) + 1, ray.put(state.state))
             put_ms.append((time.perf_counter() - t) * 1000)
             ray.get([a.load_weights.remote(published.version, published.state) for a in backend.actors])
             broadcast_ms.append((time.perf_counter() - t) * 1000)

@@ -1,16 +1,19 @@
 """The learner: owns the optimizer, clipping, scheduler, policy versions, metrics and its state.
 
-A plain class (Ray is applied where it is created): it receives rollout batches as they
-arrive, drops records older than `max_policy_lag` versions, forms GRPO groups by
-(sample_id, budget), takes one Adam step per batch through the loss hook, and bumps the version.
+A plain class: the orchestration layer runs it in process (`LocalBackend`) or inside a Ray actor
+of its own (`adactrl.orchestration.ray_backend.LearnerActor`, which adds the object store). It
+takes rollout batches in request order, drops records older than `max_policy_lag` versions (the
+driver's schedule sends none), forms GRPO groups by (sample_id, budget), takes one Adam step per
+batch through the loss hook, and bumps the version.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import statistics
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -64,13 +67,15 @@ class Learner:
             self.optimizer, mode="max", factor=config.plateau_factor, patience=config.plateau_patience
         )
         self.version = 0
+        self.device = next(controller.parameters()).device
 
     def update(self, batch: RolloutBatch) -> LearnerStep:
         """One Adam step on the batch's fresh-enough records; raises NonFiniteError before any change."""
         began = time.perf_counter()
         records = list(batch.records)
         _check_rewards(records)
-        fresh = [r for r in records if self.version - r.policy_version <= self.config.max_policy_lag]
+        max_lag = math.inf if self.config.max_policy_lag is None else self.config.max_policy_lag
+        fresh = [r for r in records if self.version - r.policy_version <= max_lag]
         dropped = len(records) - len(fresh)
         metrics = rollout_metrics(batch) | {ROLLOUT_NUM_STALE_DROPPED: float(dropped)}
         if not fresh:
@@ -79,6 +84,7 @@ class Learner:
             fresh, adv_eps=self.config.loss.adv_eps, advantage_scale=self.config.loss.advantage_scale
         )
         _check_inputs(tensors, batch)
+        tensors = _to_device(tensors, self.device)
         self.controller.train()
         out = compute_loss(controller=self.controller, batch_tensors=tensors, config=self.config.loss)
         if not torch.isfinite(out.loss):
@@ -109,8 +115,8 @@ class Learner:
         return LearnerStep(self.version, True, dropped, metrics)
 
     def weights(self) -> WeightsRef:
-        """The current controller state with its version, detached from the learner's tensors."""
-        state = {k: v.detach().clone() for k, v in self.controller.state_dict().items()}
+        """The current controller state with its version: a CPU copy, detached from the learner's tensors."""
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.controller.state_dict().items()}
         return WeightsRef(self.version, state)
 
     def scheduler_step(self, val_reward: float) -> None:
@@ -165,6 +171,15 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
 
 def mean_reward(rewards: list[Reward]) -> Reward:
     return Reward(**{f.name: statistics.fmean(getattr(r, f.name) for r in rewards) for f in fields(Reward)})
+
+
+def _to_device(tensors: BatchTensors, device: torch.device) -> BatchTensors:
+    """The batch on the learner's device (records arrive as CPU arrays)."""
+    if device.type == "cpu":
+        return tensors
+    moved = {f.name: getattr(tensors, f.name).to(device) for f in fields(tensors)
+             if isinstance(getattr(tensors, f.name), torch.Tensor)}  # fmt: skip
+    return replace(tensors, **moved)
 
 
 def _check_inputs(tensors: BatchTensors, batch: RolloutBatch) -> None:

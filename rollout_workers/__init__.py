@@ -1,5 +1,5 @@
 """Rollout workers: a frozen VLM and a controller copy that sample, run and score plans."""
 
-from rollout_workers.worker import RolloutWorker, load_model
+from rollout_workers.worker import RolloutReceipt, RolloutWorker, load_model
 
-__all__ = ["RolloutWorker", "load_model"]
+__all__ = ["RolloutReceipt", "RolloutWorker", "load_model"]

@@ -1,4 +1,4 @@
-"""The rollout worker: a plain class; the driver applies `ray.remote` where it creates one.
+"""The rollout worker: a plain class; the orchestration layer applies `ray.remote` where it creates one.
 
 It builds its model, its controller copy and its data splits locally from a `WorkerConfig`,
 so requests carry only sample indices and budgets. Plans are sampled with a generator seeded
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -40,6 +41,21 @@ from adactrl.training.rollout import (
 )
 
 WARMUP_RUNS = 2
+
+
+@dataclass(frozen=True)
+class RolloutReceipt:
+    """A finished rollout request, without its records."""
+
+    epoch: int
+    request_id: int
+    worker_index: int
+    policy_version: int
+    num_records: int
+
+    @classmethod
+    def of(cls, batch: RolloutBatch) -> RolloutReceipt:
+        return cls(batch.epoch, batch.request_id, batch.worker_index, batch.policy_version, len(batch.records))
 
 
 def load_model(model_path: str | None, importance_scores_file: str | None) -> EmbeddedVLM:
@@ -86,9 +102,10 @@ class RolloutWorker:
         return {name: len(split) for name, split in self.splits.items()}
 
     def load_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
-        if version != self.version:
-            self.controller.load_state_dict(state)
-            self.version = version
+        """Always loads: the backend sends a state only when this worker does not hold it (a version
+        number alone does not say that: a restarted learner publishes its versions again)."""
+        self.controller.load_state_dict(state)
+        self.version = version
         return self.version
 
     def current_weights(self) -> WeightsRef:
@@ -117,13 +134,20 @@ class RolloutWorker:
                         language_feature=out.result.language_feature.float().cpu().numpy(),
                         latency_token=out.result.latency_token.float().cpu().numpy(),
                         accuracy=out.accuracy, latency_ms=out.latency_ms, reward=out.reward,
-                        policy_version=self.version, worker_index=self.worker_index,
+                        policy_version=self.version, worker_index=self.worker_index, complexity=out.complexity,
                     )  # fmt: skip
                 )
         return RolloutBatch(
             epoch=request.epoch, request_id=request.request_id, records=tuple(records), skipped=tuple(skipped),
             policy_version=self.version, worker_index=self.worker_index, rollout_s=time.perf_counter() - began,
         )  # fmt: skip
+
+    def rollout_with_receipt(self, request: RolloutRequest) -> tuple[RolloutReceipt, RolloutBatch]:
+        """`rollout`, and a receipt for it. Under Ray the two come back as two objects: the driver
+        reads the receipt (a small record: it learns the request is done) and hands the batch's
+        ref to the learner, so the records never pass through the driver."""
+        batch = self.rollout(request)
+        return RolloutReceipt.of(batch), batch
 
     def evaluate(self, request: EvalRequest) -> EvalBatch:
         """The greedy policy on validation samples, at every budget of the request, scored on the
@@ -144,6 +168,7 @@ class RolloutWorker:
                     EvalRecord(
                         sample_id=index, budget_ms=budget, actions=out.actions, accuracy=out.accuracy,
                         latency_ms=out.latency_ms, reward=out.reward, policy_version=self.version,
+                        complexity=out.complexity,
                     )  # fmt: skip
                 )
         return EvalBatch(tuple(records), tuple(skipped), self.version, self.worker_index)

@@ -117,7 +117,7 @@ def synthetic_rows() -> list[dict]:
 def ray_local():
     """A local Ray instance with 2 CPUs, shared by every Ray test and shut down at the end."""
     ray = pytest.importorskip("ray")
-    from adactrl.training.driver import start_ray
+    from adactrl.orchestration.ray_backend import start_ray
 
     started = not ray.is_initialized()
     if started:

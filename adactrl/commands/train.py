@@ -57,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--oracle_samples", type=int, default=_T.oracle_samples,
                      help="validation samples swept with every static plan for the oracle (0 skips it)")
     run.add_argument("--max_new_tokens", type=int, default=_T.max_new_tokens)
+    run.add_argument("--worker_cpus", type=float, default=_T.worker_cpus,
+                     help="CPUs reserved per rollout worker (its torch threads); 0.5 lets two share a core")
+    run.add_argument("--learner_cpus", type=float, default=_T.learner_cpus,
+                     help="CPUs reserved for the learner actor (it takes a GPU where one is left over)")
     run.add_argument("--latency_mode", choices=LATENCY_MODES, default=_T.latency_mode,
                      help="the training reward's latency: measured per run, or the latency estimator's prediction "
                           "plus the measured controller time (validation stays measured)")
@@ -74,8 +78,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "or none (see README)")
     learn.add_argument("--entropy_coef", type=float, default=_LOSS.entropy_coef)
     learn.add_argument("--max_grad_norm", type=float, default=_L.max_grad_norm)
-    learn.add_argument("--max_policy_lag", type=int, default=_L.max_policy_lag,
-                       help="drop records sampled more than this many policy versions ago")
+    learn.add_argument("--max_policy_lag", type=int, default=None,
+                       help="how many policy versions old a rollout batch is when the learner takes it; up to "
+                            "this + 1 requests are out at once (default: --num_workers)")
     learn.add_argument("--load_checkpoint", default=None, help="start from this controller checkpoint's weights")
 
     reward = p.add_argument_group("reward (see adactrl.reward.RewardConfig)")
@@ -85,6 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     out = p.add_argument_group("outputs")
     out.add_argument("--output_dir", default=_T.output_dir)
     out.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --output_dir")
+    out.add_argument("--allow_config_change", action="store_true",
+                     help="with --resume: continue although training flags differ from the checkpoint's")
     out.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --output_dir (its checkpoints, histories and summary are removed)")
     out.add_argument("--mlflow_tracking_uri", default=None,
@@ -128,6 +135,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         latency_estimator=args.latency_estimator,
         load_checkpoint=args.load_checkpoint,
         resume=args.resume,
+        allow_config_change=args.allow_config_change,
+        worker_cpus=args.worker_cpus,
+        learner_cpus=args.learner_cpus,
         mlflow_tracking_uri=resolve_tracking_uri(args.mlflow_tracking_uri),
         mlflow_experiment=resolve_experiment(args.mlflow_experiment, _T.mlflow_experiment),
         ray_address=args.ray_address,
@@ -146,13 +156,13 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _train(config: TrainConfig) -> int:
-    from adactrl.training.dashboard import TrainingDashboard
-    from adactrl.training.driver import run_training  # Ray is imported only once the flags are good
+    from adactrl.orchestration.dashboard import TrainingDashboard
+    from adactrl.orchestration.driver import run_training  # Ray is imported only once the flags are good
 
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     logging.getLogger("adactrl.train").addHandler(console)
-    outcome = run_training(config, backend_hook=TrainingDashboard(Path(config.output_dir).name).attach)
+    outcome = run_training(config, observers=[TrainingDashboard(Path(config.output_dir).name)])
     print(f"outputs in {outcome.output_dir} (MLflow run {outcome.run_id} at {outcome.tracking_uri}); "
           f"wall time {outcome.wall_s:.0f} s")  # fmt: skip
     return 0

@@ -18,11 +18,11 @@ from adactrl.commands import train
 
 if TYPE_CHECKING:
     from adactrl.training.config import TrainConfig
-    from adactrl.tuning import SearchOutcome
+    from adactrl.orchestration.tuning import SearchOutcome
 
 PATH_FLAGS = ("model_path", "importance_scores_file", "load_checkpoint", "latency_estimator")
 """Trials run in their own working directories: these paths are made absolute first."""
-OWN_FLAGS = ("output_dir", "resume", "ray_address", "mlflow_tracking_uri", "mlflow_experiment")
+OWN_FLAGS = ("output_dir", "resume", "allow_config_change", "ray_address", "mlflow_tracking_uri", "mlflow_experiment")
 """`adactrl train` flags that `adactrl tune` sets for every trial itself."""
 
 
@@ -81,8 +81,8 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> TrainConfig:
 def run_command(args: argparse.Namespace) -> int:
     base = base_args(args.train_args)
     make_config = functools.partial(trial_config, base)
-    make_config({})  # the base run's own flags fail here, before Ray and Tune are imported
-    from adactrl import tuning
+    base_config = make_config({})  # the base run's own flags fail here, before Ray and Tune are imported
+    from adactrl.orchestration import tuning
 
     space = tuning.load_search_space(args.config)
     settings = tuning.SearchSettings(
@@ -94,7 +94,7 @@ def run_command(args: argparse.Namespace) -> int:
     console.setLevel(logging.WARNING)
     logging.getLogger("adactrl.train").addHandler(console)
     try:
-        started = tuning.connect(args.ray_address)
+        started = tuning.connect(args.ray_address, num_cpus=tuning.search_cpus(base_config))
     except ConnectionError as err:
         print(f"adactrl tune: error: {err}", file=sys.stderr)
         return 2
@@ -110,7 +110,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def format_outcome(outcome: SearchOutcome, *, base_flags: list[str]) -> str:
-    from adactrl.tuning import TUNE_METRIC
+    from adactrl.orchestration.tuning import TUNE_METRIC
 
     keys = sorted({k for t in outcome.trials for k in t.params})
     widths = [max(10, len(k)) for k in keys]

@@ -1,20 +1,19 @@
 """Live training metrics for the Ray dashboard, through `ray.util.metrics`.
 
-`TrainingDashboard(run).attach` is a `run_training(..., backend_hook=...)`: it watches the rollout
-backend the Trainer drives, so every learner update and every weight publish refreshes five
-gauges (and one counter), each tagged with the run's name:
+`TrainingDashboard(run)` is a training observer (`run_training(..., observers=[...])`): every
+learner update (`on_batch`) and every weight publish (`on_publish`) refreshes five gauges (and
+one counter), each tagged with the run's name:
 
     adactrl_rollouts_per_s   plans one worker executed per second on its last batch (DESIGN §6)
     adactrl_rollouts_total   plans executed so far (a counter: rate() of it is the run's throughput)
     adactrl_reward           mean reward of the last rollout batch
     adactrl_violation_rate   fraction of the last batch's plans over their budget
-    adactrl_policy_lag       mean versions between the policy that sampled a record and the newest
-    adactrl_weight_sync_ms   time to put a new weight version into the object store for the workers
+    adactrl_policy_lag       mean versions between the policy that sampled a batch and the learner's
+    adactrl_weight_sync_ms   time the learner took to put a new weight version into the object store
 
 Ray exports them as `ray_<name>` on each node's metrics port, which Prometheus scrapes and the
-dashboard's Metrics view (with Grafana) plots. The numbers are computed as the learner computes
-its MLflow metrics (`adactrl.metrics`), except that the policy lag also counts the records the
-learner then drops as too stale: the dashboard shows staleness as the workers produce it.
+dashboard's Metrics view (with Grafana) plots. The numbers are the learner's own metrics for the
+batch (`adactrl.metrics`), the ones MLflow logs.
 
 No-op safety: the Ray metrics are registered on the first update made while Ray is initialized.
 Without Ray (`run_training(local=True)`, unit tests), or after `ray.shutdown()`, an update only
@@ -24,16 +23,19 @@ refreshes `values`; nothing is registered or sent, and nothing raises.
 from __future__ import annotations
 
 import functools
-import statistics
-import time
-from typing import Any
 
 import ray
 from ray.util.metrics import Counter, Gauge
 
-from adactrl.metrics import POLICY_LAG, REWARD_TOTAL, ROLLOUT_PLANS_PER_S, ROLLOUT_VIOLATION_RATE, WEIGHT_SYNC_MS
-from adactrl.training.records import RolloutBatch, WeightsRef
-from learner.learner import rollout_metrics
+from adactrl.metrics import (
+    POLICY_LAG,
+    REWARD_TOTAL,
+    ROLLOUT_NUM_PLANS,
+    ROLLOUT_PLANS_PER_S,
+    ROLLOUT_VIOLATION_RATE,
+    WEIGHT_SYNC_MS,
+)
+from adactrl.training.events import BatchEvent, PublishEvent, TrainingObserver
 
 ROLLOUTS_PER_S = "adactrl_rollouts_per_s"
 ROLLOUTS_TOTAL = "adactrl_rollouts_total"
@@ -61,7 +63,7 @@ def _ray_metrics() -> tuple[dict[str, Gauge], Counter]:
     return gauges, Counter(ROLLOUTS_TOTAL, "rollout plans executed", tag_keys=TAG_KEYS)
 
 
-class TrainingDashboard:
+class TrainingDashboard(TrainingObserver):
     """The dashboard metrics of one training run; `values` holds the last value of each gauge."""
 
     def __init__(self, run: str) -> None:
@@ -72,40 +74,18 @@ class TrainingDashboard:
         self.num_plans = 0
         self.registered: tuple[str, ...] = ()
         """Ray metric names this dashboard has sent values to (empty until Ray is up)."""
-        self._version = 0
 
-    def attach(self, backend: Any) -> None:
-        """Observe a rollout backend (`LocalBackend` or `RayBackend`): its `publish` is timed and
-        every batch `wait` returns is recorded. The backend's behaviour is unchanged."""
-        publish, wait = backend.publish, backend.wait
+    def on_publish(self, event: PublishEvent) -> None:
+        self._set({WEIGHT_SYNC_MS: event.publish_ms}, worker="")
 
-        def timed_publish(weights: WeightsRef) -> WeightsRef:
-            began = time.perf_counter()
-            published = publish(weights)
-            self.record_weight_sync(published.version, (time.perf_counter() - began) * 1000.0)
-            return published
-
-        def observed_wait() -> tuple[int, RolloutBatch]:
-            worker, batch = wait()
-            self.record_batch(batch)
-            return worker, batch
-
-        backend.publish, backend.wait = timed_publish, observed_wait
-
-    def record_weight_sync(self, version: int, ms: float) -> None:
-        self._version = version
-        self._set({WEIGHT_SYNC_MS: ms}, worker="")
-
-    def record_batch(self, batch: RolloutBatch) -> None:
-        """Throughput, reward and violations as the learner logs them; the lag against the newest
-        published version, which is the version the learner holds when it takes this batch."""
-        metrics = rollout_metrics(batch)
-        values = {k: metrics[k] for k in (ROLLOUT_PLANS_PER_S, REWARD_TOTAL, ROLLOUT_VIOLATION_RATE) if k in metrics}
-        if batch.records:
-            values[POLICY_LAG] = statistics.fmean(self._version - r.policy_version for r in batch.records)
+    def on_batch(self, event: BatchEvent) -> None:
+        """Throughput, reward, violations and policy lag of the batch, as the learner logged them."""
+        keys = (ROLLOUT_PLANS_PER_S, REWARD_TOTAL, ROLLOUT_VIOLATION_RATE, POLICY_LAG)
+        values = {k: event.metrics[k] for k in keys if k in event.metrics}
+        plans = int(event.metrics.get(ROLLOUT_NUM_PLANS, 0))
         self.num_batches += 1
-        self.num_plans += len(batch.records)
-        self._set(values, worker=str(batch.worker_index), plans=len(batch.records))
+        self.num_plans += plans
+        self._set(values, worker=str(event.worker_index), plans=plans)
 
     def _set(self, values: dict[str, float], *, worker: str, plans: int = 0) -> None:
         self.values.update(values)

@@ -4,8 +4,9 @@ A search space is a Python file with a `search_space()` function that returns `r
 keyed by `adactrl train` flag names (tune_configs/). Every trial is one `run_training` in its own
 output directory with its own MLflow run, reporting the validation metrics after each epoch;
 ASHA stops the trials whose validation reward trails at a rung. A trial reserves one placement
-group, [learner + driver] + [one bundle per rollout worker], and its workers run in that group's
-bundles, so a trial never waits for workers that a concurrent trial holds.
+group, [driver] + [learner] + [one bundle per rollout worker], and its actors run in that group's
+bundles, so a trial never waits for actors that a concurrent trial holds. Trials report through
+a training observer (`TrialReporter`), the dashboard's metrics through another.
 
 Trials that sample reward coefficients train on their own reward, so their validation rewards
 are on different scales: trials are compared (by ASHA and for the best configuration) on
@@ -39,11 +40,13 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
-from adactrl.reward import RewardConfig, compute_reward
-from adactrl.training.config import TrainConfig
-from adactrl.training.dashboard import TrainingDashboard
-from adactrl.training.driver import run_training, start_ray
+from adactrl.orchestration.dashboard import TrainingDashboard
+from adactrl.orchestration.driver import run_training
+from adactrl.orchestration.ray_backend import Placement, actor_bundles, local_cpus, start_ray
+from adactrl.reward import RewardConfig, score
 from adactrl.training.checkpoints import BEST_MODEL
+from adactrl.training.config import TrainConfig
+from adactrl.training.events import EpochEvent, TrainingObserver, ValidationEvent
 from adactrl.training.outputs import DEFAULT_TRACKING_URI, LOG_FILE, TRAINING_HISTORY, VALIDATION_HISTORY
 from adactrl.training.records import EvalRecord
 
@@ -62,6 +65,9 @@ RESERVED = {
     "resume": "a trial always starts fresh",
     "num_epochs": "it is ASHA's horizon: set it on the base run",
     "num_workers": "it sets the resources every trial reserves: set it on the base run",
+    "worker_cpus": "it sets the resources every trial reserves: set it on the base run",
+    "learner_cpus": "it sets the resources every trial reserves: set it on the base run",
+    "allow_config_change": "a trial never resumes",
 }
 """Settings a search space may not sample, and why."""
 CONNECT_TIMEOUT_S = 5.0
@@ -95,7 +101,6 @@ def load_search_space(path: str | Path) -> dict[str, Any]:
 
 def check_search_space(space: dict[str, Any], make_config: MakeConfig) -> None:
     """Build the config at each end of every sampler, so a bad space fails before any trial runs."""
-    reference = make_config({}).reward
     for key, domain in space.items():
         if key in RESERVED:
             raise ValueError(f"the search space samples {key!r}: {RESERVED[key]}")
@@ -103,13 +108,9 @@ def check_search_space(space: dict[str, Any], make_config: MakeConfig) -> None:
             raise ValueError(f"{key!r}: a search space maps `adactrl train` flag names to samplers, not nested dicts")
         for value in _probe_values(domain):
             try:
-                reward = make_config({key: value}).reward
+                make_config({key: value})
             except (ValueError, TypeError, FileNotFoundError) as err:
                 raise ValueError(f"search space {key}={value!r} is not a valid training setting: {err}") from None
-            if reward.epsilon == 0 < reference.epsilon:
-                # A trial's rewards then carry no complexity term to re-score with the base's epsilon.
-                raise ValueError(f"search space {key}={value!r} sets epsilon to 0 while the base run's is "
-                                 f"{reference.epsilon}: sample epsilon from a range above 0")  # fmt: skip
 
 
 def _probe_values(domain: Any) -> list[Any]:
@@ -124,49 +125,44 @@ def _probe_values(domain: Any) -> list[Any]:
     return [domain]
 
 
-def reference_reward(records: Sequence[EvalRecord], trial: RewardConfig, reference: RewardConfig) -> float:
-    """Mean reward of validation inferences re-scored with `reference` coefficients.
-
-    Accuracy, latency and budget are on each record; the plan's complexity is recovered from the
-    trial's complexity component (-epsilon * complexity), and only matters when reference.epsilon > 0.
-    """
-    def complexity(record: EvalRecord) -> float:
-        return -record.reward.complexity / trial.epsilon if trial.epsilon > 0 else 0.0
-
-    return statistics.fmean(
-        compute_reward(r.accuracy, r.latency_ms["total"], r.budget_ms, min(1.0, complexity(r)), reference).total
-        for r in records
-    )
+def reference_reward(records: Sequence[EvalRecord], reference: RewardConfig) -> float:
+    """Mean reward of validation inferences re-scored with `reference` coefficients: each record
+    carries what its reward needs (accuracy, latency, complexity), and `score` is the one scorer."""
+    return statistics.fmean(score(r, r.budget_ms, reference).total for r in records)
 
 
-class _ValidationRecords:
-    """Keeps the records of the backend's latest `evaluate` call: the epoch's validation pass,
-    which `on_epoch_end` follows with no other evaluation in between."""
+class TrialReporter(TrainingObserver):
+    """Reports a trial's epochs to Tune: the validation metrics and TUNE_METRIC, the epoch's
+    validation records re-scored with the base run's coefficients. The last epoch is reported by
+    `train_trial` once `run_training` returns: a stop that Tune sends on a trial's last result
+    would otherwise end the process before the summary and the MLflow artifacts are written."""
 
-    def __init__(self) -> None:
-        self.records: list[EvalRecord] = []
+    def __init__(self, config: TrainConfig, reference: RewardConfig) -> None:
+        self.config = config
+        self.reference = reference
+        self.records: tuple[EvalRecord, ...] = ()
+        self.last: dict[str, float] = {}
 
-    def attach(self, backend: Any) -> None:
-        run_all = backend.run_all
+    def on_validation(self, event: ValidationEvent) -> None:
+        self.records = event.records
 
-        def observed(method: str, args: Sequence[tuple | None], weights: Any) -> list:
-            results = run_all(method, args, weights)
-            if method == "evaluate":
-                self.records = [r for batch in results for r in batch.records]
-            return results
-
-        backend.run_all = observed
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        rescored = reference_reward(self.records, self.reference)
+        self.last = {"epoch": event.epoch, TUNE_METRIC: rescored} | event.metrics
+        if event.epoch < self.config.num_epochs:
+            tune.report(dict(self.last))
 
 
-def connect(address: str | None) -> bool:
-    """Connect to `address` (or RAY_ADDRESS), or start a local instance; True when Ray was started
-    here. An address nobody answers on fails in seconds instead of ray.init's minutes of retries."""
+def connect(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to `address` (or RAY_ADDRESS), or start a local instance (of `num_cpus` CPUs); True
+    when Ray was started here. An address nobody answers on fails in seconds instead of ray.init's
+    minutes of retries."""
     if ray.is_initialized():
         return False
     target = address or os.environ.get("RAY_ADDRESS")
     if target and target != "auto":
         check_reachable(target)
-    start_ray(target)  # as `adactrl train` starts or joins one
+    start_ray(target, num_cpus=num_cpus)  # as `adactrl train` starts or joins one
     return True
 
 
@@ -190,10 +186,14 @@ def check_reachable(address: str) -> None:
         ) from None
 
 
-def trial_bundles(num_workers: int, gpu_each: int) -> list[dict[str, float]]:
-    """Bundle 0 runs the trial's driver and learner; bundles 1..num_workers its rollout workers."""
-    worker = {"CPU": 1.0, "GPU": float(gpu_each)} if gpu_each else {"CPU": 1.0}
-    return [{"CPU": 1.0}] + [dict(worker) for _ in range(num_workers)]
+def trial_bundles(config: TrainConfig, gpus: float) -> list[dict[str, float]]:
+    """Bundle 0 runs the trial's driver; bundle 1 its learner, bundles 2.. its rollout workers."""
+    return [{"CPU": 1.0}] + actor_bundles(config, gpus)
+
+
+def search_cpus(config: TrainConfig) -> int:
+    """CPUs a local instance started for the search declares: at least one trial's."""
+    return local_cpus(trial_bundles(config, 0))
 
 
 def check_feasible(bundles: list[dict[str, float]]) -> None:
@@ -209,9 +209,10 @@ def check_feasible(bundles: list[dict[str, float]]) -> None:
     if short or unplaceable:
         have = {k: total.get(k, 0.0) for k in need}
         raise ValueError(
-            f"one trial reserves {need} (1 CPU for its learner, one bundle {bundles[-1]} per rollout worker) but "
+            f"one trial reserves {need} (1 CPU for its driver, {bundles[1]} for its learner, one bundle "
+            f"{bundles[-1]} per rollout worker) but "
             f"the cluster has {have}" + (f" and no node fits {unplaceable[0]}" if unplaceable else "")
-            + ": lower --num_workers for the base run or add nodes"
+            + ": lower --num_workers, --worker_cpus or --learner_cpus for the base run, or add nodes"
         )
 
 
@@ -277,8 +278,7 @@ def run_search(space: dict[str, Any], make_config: MakeConfig, settings: SearchS
     """Run the search on the connected Ray cluster; write trials.csv and best_config.json."""
     check_search_space(space, make_config)
     base = make_config({})
-    gpu_each = 1 if ray.cluster_resources().get("GPU", 0) >= base.num_workers else 0
-    bundles = trial_bundles(base.num_workers, gpu_each)
+    bundles = trial_bundles(base, ray.cluster_resources().get("GPU", 0))
     check_feasible(bundles)
     output_dir = Path(settings.output_dir).resolve()
     tracking_uri = absolute_tracking_uri(settings.tracking_uri)
@@ -314,31 +314,14 @@ def train_trial(
     params: dict[str, Any], *, make_config: MakeConfig, reference: RewardConfig, output_dir: str, tracking_uri: str,
     experiment: str, search: str,
 ) -> None:
-    """One trial: a training run whose workers sit in bundles 1.. of the trial's placement group.
-
-    The last epoch reports after `run_training` returns: a stop that Tune sends on a trial's last
-    result would otherwise end the process before the summary and the MLflow artifacts are written.
-    """
+    """One trial: a training run whose learner and workers sit in bundles 1.. of the trial's group."""
     name = f"{search}-{tune.get_context().get_trial_id()}"
     config = replace(make_config(params), output_dir=str(Path(output_dir) / name),
                      mlflow_tracking_uri=tracking_uri, mlflow_experiment=experiment)  # fmt: skip
-    dashboard, validation = TrainingDashboard(name), _ValidationRecords()
-    last: dict[str, float] = {}
-
-    def observe(backend: Any) -> None:
-        dashboard.attach(backend)
-        validation.attach(backend)
-
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        last.clear()
-        last.update({"epoch": epoch, TUNE_METRIC: reference_reward(validation.records, config.reward, reference)})
-        last.update(metrics)
-        if epoch < config.num_epochs:
-            tune.report(dict(last))
-
-    group = ray.util.get_current_placement_group()
-    run_training(config, backend_hook=observe, on_epoch_end=report, worker_bundles=(group, 1))
-    tune.report(last)
+    reporter = TrialReporter(config, reference)
+    placement = Placement(ray.util.get_current_placement_group(), first=1)
+    run_training(config, observers=[TrainingDashboard(name), reporter], placement=placement)
+    tune.report(reporter.last)
 
 
 def _summarize_trial(result: Any, num_epochs: int) -> TrialSummary:

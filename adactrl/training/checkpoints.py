@@ -36,10 +36,13 @@ class TrainerState:
     untrained_val: dict[str, float] = field(default_factory=dict)
     best_val: dict[str, float] = field(default_factory=dict)
     worker_restarts: int = 0
+    learner_restarts: int = 0
     mlflow_run_id: str | None = None
     latency_mode: str = "measured"
     """The run's --latency_mode (checkpoints from before it existed were all "measured")."""
     latency_estimator: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's `TrainConfig.to_params()`: resume compares the new flags with these."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,8 +50,9 @@ class TrainerState:
             "budget_range": None if self.budget_range is None else self.budget_range.to_dict(),
             "best_val_reward": self.best_val_reward, "best_epoch": self.best_epoch,
             "untrained_val": dict(self.untrained_val), "best_val": dict(self.best_val),
-            "worker_restarts": self.worker_restarts, "mlflow_run_id": self.mlflow_run_id,
-            "latency_mode": self.latency_mode, "latency_estimator": self.latency_estimator,
+            "worker_restarts": self.worker_restarts, "learner_restarts": self.learner_restarts,
+            "mlflow_run_id": self.mlflow_run_id, "latency_mode": self.latency_mode,
+            "latency_estimator": self.latency_estimator, "config": dict(self.config),
         }  # fmt: skip
 
     @classmethod

@@ -8,7 +8,7 @@ to change, before a model is loaded or Ray starts. This module imports neither t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,8 +76,12 @@ class LearnerConfig:
     """Train the budget MLP too (through stage 1, which reads the budget token)."""
     max_grad_norm: float = 1.0
     """Gradient clipping over all trainable parameters."""
-    max_policy_lag: int = 2
-    """Records sampled more than this many versions ago are dropped and counted."""
+    max_policy_lag: int | None = None
+    """How many versions old a batch may be when the learner takes it. The loop submits request p on
+    the weights after update p - (max_policy_lag + 1), so up to max_policy_lag + 1 requests are out at
+    once and each batch is exactly this old; a record older still (never, on that schedule) is
+    dropped and counted. None: TrainConfig's num_workers (every worker busy plus one request of
+    slack); a Learner built with None keeps every record."""
     plateau_patience: int = 1
     """ReduceLROnPlateau on validation reward: epochs without improvement before the lr drops."""
     plateau_factor: float = 0.5
@@ -91,7 +95,7 @@ class LearnerConfig:
             raise ValueError(f"stage1_lr_ratio must be >= 0 (1.0 trains both stages alike), got {self.stage1_lr_ratio}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.max_policy_lag < 0:
+        if self.max_policy_lag is not None and self.max_policy_lag < 0:
             raise ValueError(f"max_policy_lag must be >= 0 (0 keeps only on-policy records), got {self.max_policy_lag}")
         if self.plateau_patience < 0:
             raise ValueError(f"plateau_patience must be >= 0, got {self.plateau_patience}")
@@ -175,8 +179,14 @@ class TrainConfig:
     mlflow_tracking_uri: str | None = None
     """None keeps MLflow's own default: sqlite:///mlflow.db in the working directory."""
     mlflow_experiment: str = "adactrl-train"
+    allow_config_change: bool = False
+    """--resume with training settings other than the checkpoint's (refused unless this is set)."""
     ray_address: str | None = None
     """Connect to this Ray cluster instead of starting a local one."""
+    worker_cpus: float = 1.0
+    """CPUs of each rollout worker's placement-group bundle (its torch threads: this, rounded down, at least 1)."""
+    learner_cpus: float = 1.0
+    """CPUs of the learner actor's bundle (the learner takes a GPU where the cluster has one beyond the workers')."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -192,6 +202,11 @@ class TrainConfig:
                 f"group_size must be >= 2 (GRPO compares plans within a group; one plan has no peer), "
                 f"got {self.group_size}"
             )
+        if not (self.worker_cpus > 0 and self.learner_cpus > 0):
+            raise ValueError(f"worker_cpus and learner_cpus must be > 0 (0.5 shares a core), got "
+                             f"{self.worker_cpus} and {self.learner_cpus}")  # fmt: skip
+        if self.learner.max_policy_lag is None:
+            object.__setattr__(self, "learner", replace(self.learner, max_policy_lag=self.num_workers))
         if self.oracle_samples < 0:
             raise ValueError(f"oracle_samples must be >= 0 (0 skips the oracle), got {self.oracle_samples}")
         if not (math.isfinite(self.budget_margin) and self.budget_margin > 0):

@@ -5,59 +5,36 @@ import re
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-import adactrl.training.dashboard as dashboard_module
-from adactrl.metrics import POLICY_LAG, REWARD_TOTAL, ROLLOUT_PLANS_PER_S, ROLLOUT_VIOLATION_RATE, WEIGHT_SYNC_MS
-from adactrl.reward import Reward
-from adactrl.training.dashboard import GAUGES, REWARD, ROLLOUTS_TOTAL, TrainingDashboard
-from adactrl.training.driver import run_training
-from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef
+import adactrl.orchestration.dashboard as dashboard_module
+from adactrl.metrics import (
+    POLICY_LAG,
+    REWARD_TOTAL,
+    ROLLOUT_NUM_PLANS,
+    ROLLOUT_PLANS_PER_S,
+    ROLLOUT_VIOLATION_RATE,
+    WEIGHT_SYNC_MS,
+)
+from adactrl.orchestration.dashboard import GAUGES, REWARD, ROLLOUTS_TOTAL, TrainingDashboard
+from adactrl.orchestration.driver import run_training
+from adactrl.training.events import BatchEvent, PublishEvent, TrainingObserver
 from tests.training.helpers import cost_latency, small_config
-
-
-def record(version: int, reward: float, latency_ms: float, budget_ms: float = 20.0) -> RolloutRecord:
-    return RolloutRecord(
-        sample_id=0, budget_ms=budget_ms, actions=(0, 0, 0, 0), old_logp=-1.0,
-        language_feature=np.zeros(4, np.float32), latency_token=np.zeros(4, np.float32), accuracy=reward,
-        latency_ms={"total": latency_ms}, reward=Reward(reward, reward, 0.0, 0.0, 0.0, 0.0),
-        policy_version=version, worker_index=1,
-    )  # fmt: skip
-
-
-class FakeBackend:
-    def __init__(self, batches):
-        self.batches = list(batches)
-
-    def publish(self, weights):
-        return weights
-
-    def wait(self):
-        return 1, self.batches.pop(0)
 
 
 def test_values_follow_each_batch_and_publish_without_ray(monkeypatch):
     monkeypatch.setattr(dashboard_module.ray, "is_initialized", lambda: False)
-    # Two plans in 0.5 s; sampled at versions 3 and 2 while version 3 is the newest.
-    batch = RolloutBatch(epoch=1, request_id=0, records=(record(3, 1.0, 10.0), record(2, 0.0, 30.0)), skipped=(),
-                         policy_version=3, worker_index=1, rollout_s=0.5)  # fmt: skip
-    backend = FakeBackend([batch])
     dashboard = TrainingDashboard("unit")
-    dashboard.attach(backend)
+    metrics = {ROLLOUT_PLANS_PER_S: 4.0, REWARD_TOTAL: 0.5, ROLLOUT_VIOLATION_RATE: 0.5, POLICY_LAG: 1.0,
+               ROLLOUT_NUM_PLANS: 2.0, "loss/total": -0.1}  # fmt: skip
 
-    assert backend.publish(WeightsRef(3, {})).version == 3
-    assert backend.wait() == (1, batch)
+    dashboard.on_publish(PublishEvent(version=3, publish_ms=1.5))
+    dashboard.on_batch(BatchEvent(step=1, epoch=1, request_id=0, worker_index=1, metrics=metrics))
 
-    values = dict(dashboard.values)
-    assert values.pop(WEIGHT_SYNC_MS) >= 0.0
-    assert values == {
-        ROLLOUT_PLANS_PER_S: 4.0,  # 2 plans / 0.5 s
-        REWARD_TOTAL: 0.5,  # (1.0 + 0.0) / 2
-        ROLLOUT_VIOLATION_RATE: 0.5,  # 30 ms is over the 20 ms budget, 10 ms is not
-        POLICY_LAG: 0.5,  # (3 - 3 + 3 - 2) / 2
-    }
+    # The gauges take the learner's values for the batch; the loss is not a dashboard gauge.
+    assert dashboard.values == {WEIGHT_SYNC_MS: 1.5, ROLLOUT_PLANS_PER_S: 4.0, REWARD_TOTAL: 0.5,
+                                ROLLOUT_VIOLATION_RATE: 0.5, POLICY_LAG: 1.0}  # fmt: skip
     assert (dashboard.num_batches, dashboard.num_plans) == (1, 2)
     assert dashboard.registered == ()  # nothing registered or sent without Ray
 
@@ -79,8 +56,11 @@ def test_metrics_are_registered_and_updated_during_a_ray_run(tmp_path, tiny_mode
     dashboard = TrainingDashboard("dashboard-test")
     after_each_update: list[dict[str, float]] = []
 
-    outcome = run_training(config, latency_fn=cost_latency, backend_hook=dashboard.attach,
-                           on_batch=lambda step: after_each_update.append(dict(dashboard.values)))  # fmt: skip
+    class AfterEachUpdate(TrainingObserver):
+        def on_batch(self, event):
+            after_each_update.append(dict(dashboard.values))
+
+    outcome = run_training(config, latency_fn=cost_latency, observers=[dashboard, AfterEachUpdate()])
 
     assert set(dashboard.registered) == {name for name, _ in GAUGES.values()} | {ROLLOUTS_TOTAL}
     assert dashboard.num_batches == outcome.state.step == 2

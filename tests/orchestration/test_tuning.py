@@ -15,8 +15,9 @@ from mlflow.tracking import MlflowClient
 from adactrl.cli import main
 from adactrl.commands.tune import base_args, trial_config
 from adactrl.reward import RewardConfig, compute_reward
+from adactrl.training.config import TrainConfig
 from adactrl.training.records import EvalRecord
-from adactrl.tuning import (
+from adactrl.orchestration.tuning import (
     check_feasible,
     check_reachable,
     check_search_space,
@@ -26,7 +27,7 @@ from adactrl.tuning import (
     trial_bundles,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAKE_CONFIG = functools.partial(trial_config, base_args([]))
 
 
@@ -82,7 +83,7 @@ def test_the_cli_refuses_a_missing_config_and_bad_base_flags(tmp_path, capsys):
 
 
 def test_an_unreachable_ray_address_fails_in_seconds(monkeypatch):
-    import adactrl.tuning as tuning
+    import adactrl.orchestration.tuning as tuning
 
     monkeypatch.setattr(tuning.ray, "is_initialized", lambda: False)  # as in a fresh `adactrl tune`
     began = time.monotonic()
@@ -94,26 +95,28 @@ def test_an_unreachable_ray_address_fails_in_seconds(monkeypatch):
 
 
 def test_a_trial_no_node_can_hold_fails_before_tune_starts(ray_local):
-    check_feasible(trial_bundles(1, 0))  # 2 CPUs: the shared instance holds it
-    with pytest.raises(ValueError, match=r"reserves \{'CPU': 3.0\}.*lower --num_workers"):
-        check_feasible(trial_bundles(2, 0))
+    # 2 CPUs: the shared instance holds a driver, a learner and a worker of half a CPU each.
+    check_feasible(trial_bundles(TrainConfig(num_workers=1, worker_cpus=0.5, learner_cpus=0.5), 0))
+    with pytest.raises(ValueError, match=r"reserves \{'CPU': 4.0\}.*lower --num_workers"):
+        check_feasible(trial_bundles(TrainConfig(num_workers=2), 0))
     with pytest.raises(ValueError, match="no node fits"):
-        check_feasible(trial_bundles(1, 1))
+        check_feasible(trial_bundles(TrainConfig(num_workers=1), 1))
 
 
 def eval_record(accuracy: float, latency_ms: float, budget_ms: float, config: RewardConfig) -> EvalRecord:
     reward = compute_reward(accuracy, latency_ms, budget_ms, 0.5, config)
-    return EvalRecord(0, budget_ms, (0, 0, 0, 0), accuracy, {"total": latency_ms}, reward, 1)
+    return EvalRecord(0, budget_ms, (0, 0, 0, 0), accuracy, {"total": latency_ms}, reward, 1, complexity=0.5)
 
 
 def test_reference_reward_rescores_a_trial_with_the_base_coefficients():
-    base = RewardConfig(alpha=1.0, beta=0.1, gamma=2.0, delta=0.0, epsilon=0.2)
-    trial = RewardConfig(alpha=1.0, beta=0.3, gamma=1.0, delta=0.5, epsilon=0.4)
+    five_term = {"miss_penalty": 0.0, "missed_accuracy_weight": 1.0}  # the seeds' form of the reward
+    base = RewardConfig(alpha=1.0, beta=0.1, gamma=2.0, delta=0.0, epsilon=0.2, **five_term)
+    trial = RewardConfig(alpha=1.0, beta=0.3, gamma=1.0, delta=0.5, epsilon=0.4, **five_term)
     records = [eval_record(1.0, 10.0, 20.0, trial), eval_record(0.0, 30.0, 20.0, trial)]
     # base: 1 - 0.1*0.5 - 0 + 0 - 0.2*0.5 = 0.85 ; 0 - 0.1*1.5 - 2*0.5 + 0 - 0.2*0.5 = -1.25
-    assert reference_reward(records, trial, base) == pytest.approx((0.85 - 1.25) / 2)
+    assert reference_reward(records, base) == pytest.approx((0.85 - 1.25) / 2)
     # With the trial's own coefficients it is the trial's own validation reward.
-    assert reference_reward(records, trial, trial) == pytest.approx(np.mean([r.reward.total for r in records]))
+    assert reference_reward(records, trial) == pytest.approx(np.mean([r.reward.total for r in records]))
 
 
 def test_two_trial_asha_search_records_both_trials_and_their_mlflow_runs(tmp_path, tiny_model_dir, ray_local, capsys):
@@ -126,7 +129,7 @@ def test_two_trial_asha_search_records_both_trials_and_their_mlflow_runs(tmp_pat
         "--mlflow_tracking_uri", f"sqlite:///{db}", "--",
         "--model_path", tiny_model_dir, "--num_epochs", "2", "--num_workers", "1", "--num_train_samples", "4",
         "--num_val_samples", "2", "--batch_size", "2", "--group_size", "2", "--budget_range_ms", "5", "500",
-        "--num_val_budgets", "2", "--oracle_samples", "0",
+        "--num_val_budgets", "2", "--oracle_samples", "0", "--worker_cpus", "0.5", "--learner_cpus", "0.5",
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0

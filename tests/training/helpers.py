@@ -52,6 +52,8 @@ def small_config(output_dir: Path, model_dir: str, **overrides) -> TrainConfig:
         calibration_samples=1,
         num_val_budgets=2,
         oracle_samples=0,
+        worker_cpus=0.5,  # the learner and 2 workers fit the tests' 2-CPU Ray instance
+        learner_cpus=0.5,
         mlflow_tracking_uri=f"sqlite:///{output_dir.parent / 'mlflow.db'}",
     )
     values.update(overrides)

@@ -2,8 +2,9 @@
 
 import pytest
 
-import adactrl.training.driver as driver
+import adactrl.orchestration.driver as driver
 from adactrl.cli import main
+from adactrl.reward import RewardConfig
 from adactrl.training.config import DataConfig, LearnerConfig, LossConfig, TrainConfig
 
 
@@ -48,7 +49,7 @@ def test_resume_without_a_checkpoint_fails_before_ray(tmp_path, monkeypatch):
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(driver.ray, "init", no_ray)
+    monkeypatch.setattr("ray.init", no_ray)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint_epoch_N.pt"):
         driver.run_training(TrainConfig(output_dir=str(tmp_path / "empty"), resume=True))
@@ -66,7 +67,8 @@ def test_advantage_scale_flag_reaches_the_learner_config():
 def test_config_defaults_are_valid_and_flatten_for_mlflow():
     params = TrainConfig().to_params()
     assert params["group_size"] == 4 and params["learner.loss.loss"] == "grpo"
-    assert params["data.dataset_names"] == "synthetic" and params["reward.gamma"] == 2.0
+    assert params["data.dataset_names"] == "synthetic" and params["reward.gamma"] == RewardConfig().gamma
+    assert params["learner.max_policy_lag"] == TrainConfig().num_workers  # None resolves to the worker count
     assert params["latency_mode"] == "measured" and params["latency_estimator"] is None
 
 

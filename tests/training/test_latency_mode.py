@@ -13,7 +13,7 @@ import statistics
 import pytest
 from mlflow.tracking import MlflowClient
 
-import adactrl.training.driver as driver
+import adactrl.orchestration.driver as driver
 from adactrl.baselines.estimator import EstimatedLatency
 from adactrl.controller import Controller, ControllerConfig
 from adactrl.controller.policy import actions_to_knobs
@@ -31,7 +31,7 @@ from adactrl.metrics import (
 )
 from adactrl.reward import RewardConfig, compute_reward
 from adactrl.training.checkpoints import load_training_checkpoint
-from adactrl.training.driver import run_training
+from adactrl.orchestration.driver import run_training
 from adactrl.training.records import ESTIMATED_TOTAL, MEASURED_TOTAL
 from adactrl.training.rollout import (
     EstimatedRunLatency,
@@ -58,7 +58,7 @@ def forbid_rollouts(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("rollout workers were created: the bad setting was not caught first")
 
-    return lambda: monkeypatch.setattr(driver, "rollout_backend", refuse)
+    return lambda: monkeypatch.setattr(driver, "_backend", refuse)
 
 
 def _rows(path):
@@ -105,14 +105,13 @@ def test_estimated_training_rewards_the_estimate_and_logs_its_error(tmp_path, ti
 
     def capture(backend):
         workers.extend(backend.workers)
-        wait = backend.wait
+        for worker in backend.workers:
 
-        def recording():
-            worker, batch = wait()
-            batches.append(batch)
-            return worker, batch
+            def recording(request, rollout=worker.rollout):
+                batches.append(rollout(request))
+                return batches[-1]
 
-        backend.wait = recording
+            worker.rollout = recording
 
     outcome = run_training(config, local=True, backend_hook=capture)  # measured latency: the real clock
 

@@ -1,4 +1,5 @@
-"""Resume continues exactly: 2 steps, stop, resume for 2 more equals 4 uninterrupted steps.
+"""Resume continues exactly: a run killed mid-way through its second epoch and resumed equals the
+uninterrupted run; a resume with other training flags is refused, naming each.
 
 Deterministic by design: the run goes through the same driver and loop code as `adactrl train`
 but with in-process workers (`run_training(local=True)`, which runs requests in submission
@@ -14,7 +15,9 @@ import pytest
 import torch
 
 from adactrl.training.checkpoints import load_training_checkpoint
-from adactrl.training.driver import run_training
+from adactrl.orchestration.driver import run_training
+from adactrl.reward import RewardConfig
+from adactrl.training.events import TrainingObserver
 from rollout_workers import load_model
 from tests.training.helpers import cost_latency, small_config
 
@@ -24,13 +27,30 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
+class Killed(Exception):
+    pass
+
+
+class KillAtStep(TrainingObserver):
+    """Stops the run after the learner update of `step`, as a kill would (no epoch-end bookkeeping)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_batch(self, event):
+        if event.step == self.step:
+            raise Killed
+
+
+def test_resume_after_a_kill_equals_uninterrupted(tmp_path, tiny_model_dir):
     straight = small_config(tmp_path / "straight", tiny_model_dir, num_epochs=2)
     run_training(straight, local=True, latency_fn=cost_latency)
 
-    first = small_config(tmp_path / "resumed", tiny_model_dir, num_epochs=1)
-    half = run_training(first, local=True, latency_fn=cost_latency)
-    assert half.state.step == 2
+    # Killed mid-way through epoch 2 (step 3 of 4): the newest checkpoint is epoch 1's (step 2).
+    with pytest.raises(Killed):
+        run_training(dataclasses.replace(straight, output_dir=str(tmp_path / "resumed")), local=True,
+                     latency_fn=cost_latency, observers=[KillAtStep(3)])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("checkpoint_*.pt")) == ["checkpoint_epoch_1.pt"]
     resumed = small_config(tmp_path / "resumed", tiny_model_dir, num_epochs=2, resume=True)
     outcome = run_training(resumed, local=True, latency_fn=cost_latency)
     assert outcome.state.step == 4
@@ -57,6 +77,22 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
         for a, b in zip(a_rows, b_rows):
             key = "reward/total" if "reward/total" in a else "val/reward"
             assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-9)
+
+
+def test_resume_with_changed_training_flags_is_refused_naming_each(tmp_path, tiny_model_dir):
+    run_training(small_config(tmp_path / "run", tiny_model_dir, num_epochs=1), local=True, latency_fn=cost_latency)
+    changed = small_config(tmp_path / "run", tiny_model_dir, num_epochs=2, resume=True, batch_size=4,
+                           reward=dataclasses.replace(RewardConfig(), beta=0.25))  # fmt: skip
+    with pytest.raises(ValueError, match="other settings") as refused:
+        run_training(changed, local=True, latency_fn=cost_latency)
+    message = str(refused.value)
+    assert "--batch_size 2 (now 4)" in message and f"--beta {RewardConfig().beta} (now 0.25)" in message
+    assert "--num_epochs" not in message and "--allow_config_change" in message
+
+    # Outputs and length may change freely; --allow_config_change continues with the new flags.
+    longer = small_config(tmp_path / "run", tiny_model_dir, num_epochs=2, resume=True, batch_size=4,
+                          allow_config_change=True)  # fmt: skip
+    assert run_training(longer, local=True, latency_fn=cost_latency).state.epoch == 2
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
