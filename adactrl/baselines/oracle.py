@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adactrl.knobs import KnobSpace, Plan
 from adactrl.profiling import PlanSummary, SweepRecord, read_profile, summarize
@@ -148,12 +147,17 @@ class LookupTableOracle:
 
 
 def family_oracles(records: Sequence[SweepRecord], statistic: str = "p95") -> dict[str, LookupTableOracle]:
-    """The prompt-aware oracle: one lookup table per question family, each chosen on that
-    family's profiled questions only. A controller whose stage 1 reads the prompt can learn it,
-    so it is the ceiling an adaptive controller is measured against (the static oracle is the
-    floor). Records without a family ("") form no table."""
-    by_family: dict[str, list[SweepRecord]] = defaultdict(list)
-    for record in records:
-        if record.family:
-            by_family[record.family].append(record)
-    return {family: LookupTableOracle.from_summaries(summarize(rows), statistic) for family, rows in sorted(by_family.items())}
+    """The prompt-aware oracle: one lookup table per question family, ranking the plans by their
+    accuracy on that family's profiled questions. Latency is a property of the plan (the prompt
+    changes it little), so each plan keeps its latency statistic over all profiled questions: a
+    family's handful of questions would make its p95 the noisiest run. A controller whose stage 1
+    reads the prompt can learn this table, so it is the ceiling an adaptive controller is
+    measured against (the static oracle is the floor). Records without a family form no table."""
+    summaries = summarize(records)
+    families = sorted({r.family for r in records if r.family})
+    return {
+        family: LookupTableOracle.from_summaries(
+            [replace(s, accuracy=s.family_accuracy[family]) for s in summaries if family in s.family_accuracy], statistic
+        )
+        for family in families
+    }
