@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(normalise_flags(parser, sys.argv[1:] if argv is None else argv))
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, RunFileError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError, RunFileError) as err:
         print(f"adactrl {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -151,6 +151,10 @@ def run_command(args: argparse.Namespace) -> int:
     if args.overwrite and args.resume:
         raise ValueError("--resume continues the run in --output_dir and --overwrite replaces it; pass one")
     check_tracking_uri(config.mlflow_tracking_uri)  # fails in seconds, before the model loads or Ray starts
+    if config.ray_address not in (None, "auto"):
+        from adactrl.orchestration.tuning import check_reachable
+
+        check_reachable(config.ray_address)  # a TCP probe: Ray itself retries an unreachable head for minutes
     with claim_run_dir(Path(config.output_dir), resume=config.resume, overwrite=args.overwrite):
         return _train(config)
 

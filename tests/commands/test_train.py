@@ -29,7 +29,7 @@ def test_mlflow_tracking_uri_from_the_environment_holds_the_whole_run(ray_local,
     assert run.data.tags["adactrl.model_path"] == tiny_model_dir and run.data.tags["adactrl.datasets"] == "synthetic"
     assert "val/accuracy" in run.data.metrics and "loss/total" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"summary.json", "best_model.pt", "train.log", "training_curves.png"} <= artifacts
+    assert {"summary.json", "best_model.pt", "train.log", "training_curves.png", "budget_curves.png"} <= artifacts
     assert (out / "training_curves.png").is_file()
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -69,3 +69,16 @@ def test_a_finished_run_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert (out / "summary.json").read_text() == "{}"
     assert main(["train", "--output_dir", str(out), "--resume", "--overwrite"]) == 2
     assert "pass one" in capsys.readouterr().err
+
+
+def test_an_unreachable_ray_address_fails_in_seconds_and_leaves_no_run(tmp_path, capsys):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    db = tmp_path / "mlflow.db"
+    began = time.monotonic()
+    argv = ["train", "--output_dir", str(tmp_path / "run"), "--ray_address", address,
+            "--mlflow_tracking_uri", f"sqlite:///{db}"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"cannot reach a Ray cluster at {address}" in capsys.readouterr().err
+    assert time.monotonic() - began < 15 and not db.exists()  # no RUNNING MLflow run left behind
