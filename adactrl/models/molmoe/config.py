@@ -177,12 +177,13 @@ def load_config(directory: str | Path) -> MolmoEConfig:
                 "this checkpoint is another Molmo variant"
             )
     try:
-        return _parse(raw, read_json(directory / PREPROCESSOR_FILE))
+        return parse_config(raw, read_json(directory / PREPROCESSOR_FILE))
     except KeyError as err:
         raise ValueError(f"{path} or {directory / PREPROCESSOR_FILE} lacks the field {err}") from None
 
 
-def _parse(raw: dict, pre: dict) -> MolmoEConfig:
+def parse_config(raw: dict, pre: dict) -> MolmoEConfig:
+    """The two files' contents (config.json, preprocessor_config.json) -> MolmoEConfig."""
     vb = raw["vision_backbone"]
     mlp_hidden = raw.get("mlp_hidden_size") or raw.get("mlp_ratio", 4) * raw["d_model"]
     if raw.get("head_dim") not in (None, raw["d_model"] // raw["n_heads"]):

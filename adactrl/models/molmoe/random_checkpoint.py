@@ -134,7 +134,21 @@ def random_tensors(config: dict, seed: int = 0, std: float = 0.1) -> dict[str, t
     return t
 
 
-def write_random_checkpoint(directory: str | Path, overrides: dict | None = None, seed: int = 0, std: float = 0.1) -> Path:
+def preprocessor_config(config: dict) -> dict:
+    """preprocessor_config.json matching a config.json, with the released processor's fields."""
+    size = config["vision_backbone"]["image_default_input_size"]
+    patch = config["vision_backbone"]["image_patch_size"]
+    return {
+        "base_image_input_size": size, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
+        "image_padding_mask": True, "image_patch_size": patch, "image_processor_type": "MolmoImageProcessor",
+        "image_token_length_h": (size[0] // patch + 1) // 2, "image_token_length_w": (size[1] // patch + 1) // 2,
+        "max_crops": config["max_crops"], "overlap_margins": config["overlap_margins"],
+    }
+
+
+def write_random_checkpoint(
+    directory: str | Path, overrides: dict | None = None, seed: int = 0, std: float = 0.1, dtype: torch.dtype = torch.float32
+) -> Path:
     """A checkpoint directory in the released layout: two shards plus an index."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -146,7 +160,7 @@ def write_random_checkpoint(directory: str | Path, overrides: dict | None = None
     shards = {"model-00001-of-00002.safetensors": {}, "model-00002-of-00002.safetensors": {}}
     for name, tensor in tensors.items():
         shard = "model-00002-of-00002.safetensors" if "vision_backbone" in name else "model-00001-of-00002.safetensors"
-        shards[shard][name] = tensor.contiguous()
+        shards[shard][name] = tensor.to(dtype).contiguous()
     for file, part in shards.items():
         save_file(part, str(directory / file), metadata={"format": "pt"})
     weight_map = {name: file for file, part in shards.items() for name in part}
@@ -155,12 +169,5 @@ def write_random_checkpoint(directory: str | Path, overrides: dict | None = None
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": EOS, "bos_token": None, "pad_token": "<|pad|>"}))
     (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": tokenizer.token_to_id(EOS), "pad_token_id": 1}))
-    size = config["vision_backbone"]["image_default_input_size"]
-    patch = config["vision_backbone"]["image_patch_size"]
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "base_image_input_size": size, "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD),
-        "image_padding_mask": True, "image_patch_size": patch, "image_processor_type": "MolmoImageProcessor",
-        "image_token_length_h": (size[0] // patch + 1) // 2, "image_token_length_w": (size[1] // patch + 1) // 2,
-        "max_crops": config["max_crops"], "overlap_margins": config["overlap_margins"],
-    }, indent=2))
+    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(config), indent=2))
     return directory
