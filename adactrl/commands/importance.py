@@ -8,7 +8,9 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("importance", help="per-block importance scores on a dataset (JSON)")
-    p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    p.add_argument(
+        "--model_path", default=None, help="model directory: embedded or MolmoE-1B (default: the shipped embedded one)"
+    )
     p.add_argument("--dataset_name", default="synthetic")
     p.add_argument("--num_samples", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -37,10 +39,11 @@ def write_importance(
     method: str = "greedy",
 ) -> Path:
     from adactrl.data import load_vqa_dataset
-    from adactrl.models.embedded import IMPORTANCE_FILE, EmbeddedVLM, shipped_model_dir
+    from adactrl.models import load_model
+    from adactrl.models.embedded import IMPORTANCE_FILE, shipped_model_dir
     from adactrl.models.importance import GREEDY, LEAVE_ONE_OUT, compute_importance
 
-    model = EmbeddedVLM.load(model_path)
+    model = load_model(model_path)
     rows = load_vqa_dataset(dataset_name, "validation", num_samples, seed)
     full_name = {"greedy": GREEDY, "leave_one_out": LEAVE_ONE_OUT}[method]
     scores = compute_importance(model, rows, dataset=dataset_name, split="validation", seed=seed, method=full_name)

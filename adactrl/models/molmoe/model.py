@@ -183,6 +183,10 @@ class MolmoEVLM(nn.Module):
             raise ValueError(f"the prompt has {len(ids)} tokens; MolmoE's context is {self.max_context}")
         return torch.tensor(ids, dtype=torch.long)
 
+    def tokenize_answer(self, answer: str) -> torch.Tensor:
+        # The answer follows "Assistant:" in the chat format, so its first word carries the space.
+        return torch.tensor(self.tokenizer.encode(" " + answer.strip()), dtype=torch.long)
+
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids)
 

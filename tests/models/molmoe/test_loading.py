@@ -107,3 +107,12 @@ def test_tiers_map_to_a_configurable_number_of_crops(molmoe_dir, wide_image):
     assert model.preprocess(wide_image, "low").num_crops == 2  # the global crop + one
     with pytest.raises(ValueError, match="tier_crops applies to MolmoE"):
         load_model(None, tier_crops={"low": 1})
+
+
+def test_importance_command_measures_a_molmoe_checkpoint(copy_of, capsys):
+    from adactrl.commands.importance import write_importance
+
+    path = write_importance(str(copy_of), "synthetic", 2, 0, None, "leave_one_out")
+    assert path == copy_of / "importance.json"
+    assert len(json.loads(path.read_text())["scores"]) == 4
+    assert len(load_model(copy_of).importance) == 4
