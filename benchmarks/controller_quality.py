@@ -15,6 +15,9 @@ that does not depend on when the profile was measured (a shared machine's load m
 
 Acceptance (issue 31), per seed and test set: controller - oracle >= 0 at every budget and
 > 2 standard errors at 2 or more of the 3 middle budgets; violations <= 5% at every budget.
+`--cpu_clock thread` times every run by its thread's CPU time (`ADACTRL_CPU_CLOCK`, see
+adactrl/timing.py) instead of wall time, for a machine whose other jobs would otherwise be
+measured too; the JSON records which clock ran.
 Writes controller_quality.json, controller_quality.md and controller_quality.png under
 --output_dir, and prints the table. Steps whose outputs exist are skipped with --reuse.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,7 +47,10 @@ def main() -> int:
     p.add_argument("--train_args", default="", help="extra `adactrl train` flags (default: none, the defaults)")
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "controller_quality"))
     p.add_argument("--reuse", action="store_true", help="skip steps whose outputs already exist")
+    p.add_argument("--cpu_clock", choices=("wall", "thread"), default="wall",
+                   help="time runs by wall time (default) or by the inference thread's CPU time")  # fmt: skip
     args = p.parse_args()
+    os.environ["ADACTRL_CPU_CLOCK"] = args.cpu_clock  # every step below inherits it
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 

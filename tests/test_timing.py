@@ -36,3 +36,24 @@ def test_stage_timer_cuda_events():
     durations = timer.finish()
     assert set(durations) == {"matmul"} and durations["matmul"] > 0.0
     assert timer.finish() == durations  # events are read once, then kept
+
+
+def test_thread_clock_counts_only_this_threads_cpu(monkeypatch):
+    monkeypatch.setenv(timing.CPU_CLOCK_ENV, "thread")
+    monkeypatch.setattr(timing.torch, "get_num_threads", lambda: 1)
+    timer = StageTimer("cpu")
+    with timer.stage("sleep"):
+        import time
+
+        time.sleep(0.05)  # 50 ms of wall time, next to no CPU time
+    assert timer.finish()["sleep"] < 10.0
+
+
+def test_thread_clock_needs_one_torch_thread_and_a_known_name(monkeypatch):
+    monkeypatch.setenv(timing.CPU_CLOCK_ENV, "thread")
+    monkeypatch.setattr(timing.torch, "get_num_threads", lambda: 2)
+    with pytest.raises(ValueError, match="torch runs 2 threads"):
+        StageTimer("cpu")
+    monkeypatch.setenv(timing.CPU_CLOCK_ENV, "cpu")
+    with pytest.raises(ValueError, match="wall"):
+        StageTimer("cpu")
