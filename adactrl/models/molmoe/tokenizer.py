@@ -84,3 +84,8 @@ class MolmoETokenizer:
             if 0 <= int(i) < size:
                 kept.append(int(i))
         return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+    def vocabulary(self) -> list[str]:
+        """Every token's text (a BPE vocabulary: any prompt tokenises; this is for inspection)."""
+        vocab = self.tokenizer.get_vocab()
+        return [self.tokenizer.decode([i]) for i in sorted(vocab.values())]
