@@ -102,7 +102,11 @@ class SimulatedRolloutWorker:
         return RolloutBatch(request.epoch, request.request_id, tuple(records), (), self.version, self.worker_index,
                             time.perf_counter() - began)  # fmt: skip
 
-    def rollout_with_receipt(self, request: RolloutRequest) -> tuple[RolloutReceipt, RolloutBatch]:
+    def rollout_with_receipt(
+        self, request: RolloutRequest, version: int | None = None, state: dict | None = None
+    ) -> tuple[RolloutReceipt, RolloutBatch]:
+        if state is not None:
+            self.load_weights(version, state)
         batch = self.rollout(request)
         return RolloutReceipt.of(batch), batch
 

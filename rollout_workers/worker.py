@@ -142,10 +142,16 @@ class RolloutWorker:
             policy_version=self.version, worker_index=self.worker_index, rollout_s=time.perf_counter() - began,
         )  # fmt: skip
 
-    def rollout_with_receipt(self, request: RolloutRequest) -> tuple[RolloutReceipt, RolloutBatch]:
-        """`rollout`, and a receipt for it. Under Ray the two come back as two objects: the driver
-        reads the receipt (a small record: it learns the request is done) and hands the batch's
-        ref to the learner, so the records never pass through the driver."""
+    def rollout_with_receipt(
+        self, request: RolloutRequest, version: int | None = None, state: dict[str, torch.Tensor] | None = None
+    ) -> tuple[RolloutReceipt, RolloutBatch]:
+        """Load (version, state) when given, then `rollout`, and a receipt for it. Under Ray the two
+        come back as two objects: the driver reads the receipt (a small record: it learns the request
+        is done) and hands the batch's ref to the learner, which fetches the records itself. The
+        weights come with the call, their object-store ref resolved here before it runs: Ray may run
+        an actor's calls out of order while one of them waits for an argument."""
+        if state is not None:
+            self.load_weights(version, state)
         batch = self.rollout(request)
         return RolloutReceipt.of(batch), batch
 

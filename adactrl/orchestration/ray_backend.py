@@ -5,7 +5,7 @@ CPU otherwise), bundles 1..N one rollout worker each. The driver moves refs, nev
 a worker answers a request with a small receipt plus its batch as a separate object; the driver
 reads the receipt and passes the batch's ref to the learner, in request order. The learner steps
 the optimizer, `ray.put`s each new weight version once and answers with (version, ref); a worker
-pulls a version from the object store when the driver sends it that ref before its next request.
+pulls a version from the object store when the driver sends it that ref with its next request.
 
 Faults: a rollout worker that dies is restarted by Ray (max_restarts) and its request re-issued
 with the same weights; one Ray gives up on is dropped and its work goes to the others. A learner
@@ -38,7 +38,6 @@ from adactrl.training.records import (
     CalibrationResult,
     EvalBatch,
     EvalRequest,
-    RolloutBatch,
     RolloutRequest,
     WeightsRef,
 )
@@ -82,8 +81,11 @@ class LearnerActor:
         self._weights, _ = self._publish()
         return self._weights
 
-    def update(self, batch: RolloutBatch) -> Updated:
-        """One learner step on a batch that Ray fetched from the object store into this process."""
+    def update(self, batch: list[ray.ObjectRef]) -> Updated:
+        """One learner step on the batch behind `batch[0]`, fetched here from the object store. The
+        ref comes wrapped in a list so that the call has no argument to wait for: Ray then runs the
+        learner's calls in the order the driver sent them, the request order."""
+        batch = ray.get(batch[0])
         step = self.learner.update(batch)
         publish_ms = None
         if step.version != self._weights.version:
@@ -171,17 +173,23 @@ class RayBackend:
 
     def submit(self, worker: int, request: RolloutRequest, weights: WeightsRef) -> None:
         worker = self._route(worker)
-        self._send_weights(worker, weights)
-        receipt, batch = self.actors[worker].rollout_with_receipt.options(num_returns=2).remote(request)
+        # The weights travel with the request (the worker resolves their ref before it runs) unless
+        # the worker already holds them.
+        load = () if self._held[worker] is weights else (weights.version, weights.state)
+        self._held[worker] = weights
+        call = self.actors[worker].rollout_with_receipt.options(num_returns=2)
+        receipt, batch = call.remote(request, *load)
         self._in_flight[receipt] = (worker, request, weights, batch)
 
     def learn(self, request_id: int) -> None:
-        # The ref as a top-level argument: Ray resolves it in the learner's process, not here.
-        self._updates[self.learner.update.remote(self._batches.pop(request_id))] = request_id
+        # The ref inside a list: the learner fetches it, and Ray keeps the calls in request order.
+        self._updates[self.learner.update.remote([self._batches.pop(request_id)])] = request_id
 
     def wait(self) -> RolloutDone | Updated:
         while True:
-            ref = _next_ready([*self._updates, *self._in_flight])
+            # Only the oldest update is waited on: the learner runs them in request order, and the
+            # loop must see them in that order (ray.wait may report later ones first).
+            ref = _next_ready([*list(self._updates)[:1], *self._in_flight])
             if ref in self._updates:
                 del self._updates[ref]
                 updated = self._learner_call(ref)
@@ -254,9 +262,11 @@ class RayBackend:
         def start(slot: int, worker: int) -> None:
             worker = self._route(worker)
             if weights is not None:
-                self._send_weights(worker, weights)
+                self._load_weights([worker], weights)
             pending[calls[slot][1](self.actors[worker])] = (slot, worker)
 
+        if weights is not None:
+            self._load_weights([self._route(w) for w, _ in calls], weights)
         for slot, (worker, _) in enumerate(calls):
             start(slot, worker)
         results: dict[int, Any] = {}
@@ -270,10 +280,17 @@ class RayBackend:
                 start(slot, worker)
         return [results[slot] for slot in range(len(calls))]
 
-    def _send_weights(self, worker: int, weights: WeightsRef) -> None:
-        if self._held[worker] is not weights:
-            self.actors[worker].load_weights.remote(weights.version, weights.state)
-            self._held[worker] = weights
+    def _load_weights(self, workers: Sequence[int], weights: WeightsRef) -> None:
+        """Load `weights` on the workers that lack them and wait until they have: a call sent
+        after an unfinished load could run first (Ray reorders calls waiting for an argument)."""
+        loads = {self.actors[w].load_weights.remote(weights.version, weights.state): w
+                 for w in set(workers) if self._held[w] is not weights}  # fmt: skip
+        for ref, worker in loads.items():
+            try:
+                ray.get(ref)
+                self._held[worker] = weights
+            except ray.exceptions.RayActorError as err:
+                self._recover(worker, err, "a weights load")
 
     def _route(self, worker: int) -> int:
         if not self._dead[worker]:

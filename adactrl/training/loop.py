@@ -175,6 +175,10 @@ class Trainer:
         self._last_records: tuple[EvalRecord, ...] = ()
         self._restart_point = backend.learner_snapshot()
         self._restart_step = state.step
+        if self.depth < backend.num_workers:
+            log.warning("--max_policy_lag %d keeps at most %d of the %d rollout workers busy (a request waits for "
+                        "the update %d requests before it); the default, --num_workers, keeps all of them busy",
+                        self.depth - 1, self.depth, backend.num_workers, self.depth)  # fmt: skip
 
     @property
     def budget_range(self) -> BudgetRange:
@@ -291,6 +295,7 @@ class Trainer:
                     self.backend.learn(learned)
                     learned += 1
                 continue
+            assert event.request_id == applied + 1, f"update of request {event.request_id} after {applied}"
             applied = event.request_id
             after[applied] = self.weights = event.weights
             errors.add(event.metrics)
