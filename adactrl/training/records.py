@@ -182,6 +182,20 @@ class WeightsRef:
     state: Any
 
 
+CALIBRATION_QUANTILE = 0.95
+"""The budget range starts at this quantile of the cheapest plan's latency (times the margin),
+not its median: a plan's latency varies from run to run (p95 / median 1.3-1.8 over the 75
+profiled plans of docs/controller-quality.md), and below the cheapest plan's p95 no method can
+keep violations under 5%."""
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile, as `profiling.summarize` computes p95: e.g. q 0.95 of
+    [1, 2, 3, 4] is sorted[int(3.8)] = 4."""
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+
 @dataclass(frozen=True)
 class BudgetRange:
     """The training budget range, calibrated from measured latencies (or given) and recorded."""
@@ -189,9 +203,9 @@ class BudgetRange:
     low_ms: float
     high_ms: float
     cheapest_ms: float | None = None
-    """Median measured latency of the cheapest plan (None when the range was given)."""
+    """CALIBRATION_QUANTILE of the cheapest plan's measured latencies (None when the range was given)."""
     full_ms: float | None = None
-    """Median measured latency of the full plan (None when the range was given)."""
+    """CALIBRATION_QUANTILE of the full plan's measured latencies (None when the range was given)."""
     num_threads: int | None = None
     """torch threads of the workers that measured the range (None when it was given):
     `adactrl evaluate` measures with the same count by default, so budgets mean the same ms."""
@@ -203,9 +217,10 @@ class BudgetRange:
 
     @classmethod
     def calibrate(cls, results: list[CalibrationResult], margin: float) -> BudgetRange:
-        """[cheapest * margin, full * margin] from the medians over every worker's measurements."""
-        cheapest = float(np.median([t for r in results for t in r.cheapest_ms]))
-        full = float(np.median([t for r in results for t in r.full_ms]))
+        """[cheapest * margin, full * margin], each plan's latency its CALIBRATION_QUANTILE over every
+        worker's measurements."""
+        cheapest = nearest_rank([t for r in results for t in r.cheapest_ms], CALIBRATION_QUANTILE)
+        full = nearest_rank([t for r in results for t in r.full_ms], CALIBRATION_QUANTILE)
         if not full > cheapest:
             raise ValueError(
                 f"the full plan ({full:.2f} ms) was not slower than the cheapest ({cheapest:.2f} ms): "

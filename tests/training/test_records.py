@@ -7,13 +7,17 @@ from adactrl.training.loop import request_seed, split_evenly
 from adactrl.training.records import BudgetRange, CalibrationResult, RolloutRequest
 
 
-def test_budget_range_calibrates_from_medians_with_the_margin():
-    results = [CalibrationResult((10.0, 12.0, 11.0), (40.0, 44.0, 42.0), 0),
-               CalibrationResult((11.0,), (41.0,), 1)]  # fmt: skip
+def test_budget_range_calibrates_from_the_p95_with_the_margin():
+    results = [CalibrationResult((10.0, 12.0, 11.0), (40.0, 44.0, 42.0), 0, 1, "cpu"),
+               CalibrationResult((11.0,), (41.0,), 1, 1, "cpu")]  # fmt: skip
     budget = BudgetRange.calibrate(results, margin=1.1)
-    # medians over both workers: cheapest (10, 11, 11, 12) -> 11, full (40, 41, 42, 44) -> 41.5
-    assert (budget.cheapest_ms, budget.full_ms) == (11.0, 41.5)
-    assert budget.low_ms == pytest.approx(12.1) and budget.high_ms == pytest.approx(45.65)
+    # nearest-rank p95 over both workers' 4 runs, sorted[int(3.8)]: cheapest (10, 11, 11, 12) -> 12,
+    # full (40, 41, 42, 44) -> 44; times 1.1 -> 13.2 and 48.4
+    assert (budget.cheapest_ms, budget.full_ms) == (12.0, 44.0)
+    assert budget.low_ms == pytest.approx(13.2) and budget.high_ms == pytest.approx(48.4)
+    # the milliseconds belong to the workers' thread count and device, recorded with the range
+    assert (budget.num_threads, budget.device) == (1, "cpu")
+    assert BudgetRange(**budget.to_dict()) == budget
 
 
 def test_budget_range_refuses_flat_latencies():
