@@ -251,3 +251,22 @@ def test_dataset_with_no_answers(tmp_path, caches):
     with pytest.raises(ValueError, match=r"text_vqa split 'validation' has no answers in the 3 rows drawn.*"
                        r"'answers' column"):  # fmt: skip
         load_vqa_dataset("text_vqa", "validation", 5, seed=0, data_dir=root)
+
+
+def test_textvqa_fixture_runs_through_the_tiny_molmoe(tmp_path, caches):
+    """The mechanics end to end, in process: real-layout rows through a random MolmoE checkpoint's
+    static sweep (accuracy near 0 with random weights), the undecodable row skipped and counted."""
+    from adactrl.models.molmoe import MolmoEVLM
+    from adactrl.models.molmoe.random_checkpoint import write_random_checkpoint
+    from adactrl.profiling import sweep
+
+    model = MolmoEVLM.load(write_random_checkpoint(tmp_path / "molmoe"))
+    dataset = load_vqa_dataset("text_vqa", "validation", 3, seed=0,
+                               data_dir=write_hub_repo(tmp_path / "repo", "text_vqa", corrupt_row=2))  # fmt: skip
+    rows, skipped = read_rows(dataset)
+    assert len(rows) == 2 and len(skipped) == 1
+    assert all(prepare_sample(dataset, i, model).question for i, q in enumerate(dataset["question_id"]) if q != 1002)
+    plans = model.knob_space.static_plans(model.importance)[:2]
+    records = sweep(model, rows, plans, max_new_tokens=3)
+    assert len(records) == 4 and {r.family for r in records} == {"text_vqa"}
+    assert all(0.0 <= r.accuracy <= 1.0 for r in records)
