@@ -58,8 +58,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="which profiled static plans to evaluate as methods")
     p.add_argument("--baselines", choices=BASELINE_CHOICES, default="all",
                    help="all: oracle, family oracle, supervised and random; oracles: the two oracles only")
-    p.add_argument("--budget_token_check", action=argparse.BooleanOptionalAction, default=True,
-                   help="also run the controller with its budget token flipped and report the difference")  # fmt: skip
+    p.add_argument("--budget_token_check", action="store_true", default=True,
+                   help="also run the controller with its budget token flipped and report the difference")
+    p.add_argument("--no_budget_token_check", dest="budget_token_check", action="store_false",
+                   help="skip the budget-token check (one controller run fewer per question and budget)")
     p.add_argument("--max_new_tokens", type=int, default=4)
     p.add_argument("--output_dir", default="outputs/evaluate")
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
