@@ -116,7 +116,8 @@ def main() -> None:
     load_s = time.perf_counter() - began
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     loaded_rss = peak_rss_gb()
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    # 1024x768: MolmoE tiles it 3x4 under max_crops 12, 2x3 under 6 and 1x2 under 3
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (768, 1024, 3), dtype=np.uint8))
     plans = plans_for(model, args.plans)
     rows = []
     for experts in args.experts.split(","):
