@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,21 @@ from adactrl.training.records import (  # noqa: E402
     RolloutRecord,
     RolloutRequest,
 )
-from rollout_workers import RolloutReceipt, load_model  # noqa: E402
+from rollout_workers import load_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaling.json"
 WORKER_COUNTS = (1, 2, 4, 8, 16)
 BROADCASTS = 10
 TARGETS = {"efficiency_at_16": 0.90, "stale_fraction": 0.05, "broadcast_ms_at_16": 50.0}
+
+
+@dataclass(frozen=True)
+class SimulatedReceipt:
+    """`rollout_workers.RolloutReceipt`'s stand-in: the simulated actors do not import the real
+    worker's package (it costs each process about 270 MB more, mostly transformers)."""
+
+    request_id: int
+    num_records: int
 
 
 class SimulatedRolloutWorker:
@@ -104,11 +114,11 @@ class SimulatedRolloutWorker:
 
     def rollout_with_receipt(
         self, request: RolloutRequest, version: int | None = None, state: dict | None = None
-    ) -> tuple[RolloutReceipt, RolloutBatch]:
+    ) -> tuple[SimulatedReceipt, RolloutBatch]:
         if state is not None:
             self.load_weights(version, state)
         batch = self.rollout(request)
-        return RolloutReceipt.of(batch), batch
+        return SimulatedReceipt(batch.request_id, len(batch.records)), batch
 
     def evaluate(self, request: EvalRequest) -> EvalBatch:
         rng = np.random.default_rng([request.policy_version, *request.sample_indices])
@@ -158,7 +168,7 @@ class Meter(TrainingObserver):
     def on_epoch_end(self, event) -> None:
         weights = self.backend.weights()
         state = ray.get(weights.state)
-        self.state_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        self.state_bytes = sum(np.asarray(v).nbytes for v in state.values())
         for k in range(BROADCASTS):
             began = time.perf_counter()
             ref = ray.put(state)
@@ -200,7 +210,8 @@ def run_count(args: argparse.Namespace, workers: int, worker_class: type, out: P
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workers", type=int, nargs="+", default=list(WORKER_COUNTS))
-    p.add_argument("--requests_per_worker", type=int, default=8)
+    p.add_argument("--requests_per_worker", type=int, default=16,
+                   help="a run's first and last requests wait on the pipeline: more requests, closer to steady state")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--group_size", type=int, default=4)
     p.add_argument("--time_scale", type=float, default=1.0, help="multiplies every simulated plan latency")

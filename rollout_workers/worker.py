@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from adactrl.controller import Controller
@@ -101,10 +102,12 @@ class RolloutWorker:
     def split_sizes(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
 
-    def load_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+    def load_weights(self, version: int, state: dict[str, torch.Tensor | np.ndarray]) -> int:
         """Always loads: the backend sends a state only when this worker does not hold it (a version
-        number alone does not say that: a restarted learner publishes its versions again)."""
-        self.controller.load_state_dict(state)
+        number alone does not say that: a restarted learner publishes its versions again). Under
+        Ray the state comes as numpy arrays, read from the object store without a copy."""
+        self.controller.load_state_dict({k: v if isinstance(v, torch.Tensor) else torch.tensor(v)
+                                         for k, v in state.items()})  # fmt: skip
         self.version = version
         return self.version
 

@@ -100,10 +100,13 @@ class LearnerActor:
         return LearnerSnapshot(state, self.learner.state_dict())
 
     def _publish(self) -> tuple[WeightsRef, float]:
-        """Put the newest state in the object store once; every worker pulls it from there."""
+        """Put the newest state in the object store once; every worker pulls it from there. As numpy
+        arrays: a worker reads those from shared memory without a copy (torch tensors are
+        unpickled, about twice the time for 16 workers on 2 cores)."""
         began = time.perf_counter()
         weights = self.learner.weights()
-        published = WeightsRef(weights.version, ray.put(weights.state))
+        arrays = {k: v.numpy() for k, v in weights.state.items()}
+        published = WeightsRef(weights.version, ray.put(arrays))
         return published, (time.perf_counter() - began) * 1000.0
 
 
