@@ -26,13 +26,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
-import torch
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from adactrl.controller import Controller
+from adactrl.orchestration.learner_actor import LearnerActor
 from adactrl.profiling import SweepRecord
-from adactrl.training.config import LearnerConfig, TrainConfig, WorkerConfig
+from adactrl.training.config import TrainConfig, WorkerConfig
 from adactrl.training.loop import LearnerLost, LearnerSnapshot, RolloutDone, Updated
 from adactrl.training.records import (
     CalibrationResult,
@@ -42,7 +42,6 @@ from adactrl.training.records import (
     WeightsRef,
 )
 from adactrl.training.rollout import LatencyFn, measured_latency
-from learner import Learner
 from rollout_workers import RolloutWorker
 
 log = logging.getLogger("adactrl.train")
@@ -53,61 +52,6 @@ RECOVERY_TIMEOUT_S = 120.0
 PLACEMENT_TIMEOUT_S = 60.0
 RAY_START_ATTEMPTS = 3
 LEARNER_BUNDLE = 0
-
-
-class LearnerActor:
-    """The learner as Ray runs it: a `Learner` plus the object store. A plain class; `RayBackend`
-    applies `ray.remote` when it starts one."""
-
-    def __init__(
-        self, controller: Controller, config: LearnerConfig, learner_state: dict[str, Any] | None, device: str,
-        num_threads: int,
-    ) -> None:  # fmt: skip
-        torch.set_num_threads(num_threads)
-        self.learner = Learner(controller.to(device), config)
-        if learner_state is not None:
-            self.learner.load_state_dict(learner_state)
-        self._weights, _ = self._publish()
-
-    def ping(self) -> int:
-        """The learner's process id (tests and the driver use it to see a restart)."""
-        return os.getpid()
-
-    def weights(self) -> WeightsRef:
-        return self._weights
-
-    def set_budget_range(self, low_ms: float, high_ms: float) -> WeightsRef:
-        self.learner.controller.set_budget_range(low_ms, high_ms)
-        self._weights, _ = self._publish()
-        return self._weights
-
-    def update(self, batch: list[ray.ObjectRef]) -> Updated:
-        """One learner step on the batch behind `batch[0]`, fetched here from the object store. The
-        ref comes wrapped in a list so that the call has no argument to wait for: Ray then runs the
-        learner's calls in the order the driver sent them, the request order."""
-        batch = ray.get(batch[0])
-        step = self.learner.update(batch)
-        publish_ms = None
-        if step.version != self._weights.version:
-            self._weights, publish_ms = self._publish()
-        return Updated(batch.request_id, step.version, step.metrics, self._weights, publish_ms)
-
-    def scheduler_step(self, val_reward: float) -> None:
-        self.learner.scheduler_step(val_reward)
-
-    def snapshot(self) -> LearnerSnapshot:
-        state = {k: v.detach().to("cpu", copy=True) for k, v in self.learner.controller.state_dict().items()}
-        return LearnerSnapshot(state, self.learner.state_dict())
-
-    def _publish(self) -> tuple[WeightsRef, float]:
-        """Put the newest state in the object store once; every worker pulls it from there. As numpy
-        arrays: a worker reads those from shared memory without a copy (torch tensors are
-        unpickled, about twice the time for 16 workers on 2 cores)."""
-        began = time.perf_counter()
-        weights = self.learner.weights()
-        arrays = {k: v.numpy() for k, v in weights.state.items()}
-        published = WeightsRef(weights.version, ray.put(arrays))
-        return published, (time.perf_counter() - began) * 1000.0
 
 
 @dataclass(frozen=True)

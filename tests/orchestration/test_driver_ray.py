@@ -75,7 +75,7 @@ def test_ray_training_advances_versions_broadcasts_weights_and_logs_to_mlflow(tm
     assert len(watch.held) == 2 and all(w.version >= 1 for w in watch.held)
     for weights in watch.held:
         for name, value in watch.states[weights.version].items():
-            assert torch.equal(weights.state[name], torch.as_tensor(value)), name
+            assert torch.equal(weights.state[name], torch.tensor(value)), name
 
     model = load_model(tiny_model_dir, None)
     trained, learner_state, _ = load_training_checkpoint(

@@ -31,6 +31,7 @@ def no_training(monkeypatch):
         (["--clip_eps", "-0.1"], "clip_eps must be > 0"),
         (["--max_policy_lag", "-1"], "max_policy_lag must be >= 0"),
         (["--num_workers", "0"], "num_workers must be >= 1"),
+        (["--learner_cpus", "0"], "worker_cpus and learner_cpus must be > 0"),
         (["--resume", "--load_checkpoint", __file__], "drop --load_checkpoint"),
         (["--latency_mode", "estimated"],
          "--latency_mode estimated needs --latency_estimator PATH: run `adactrl baselines"),
