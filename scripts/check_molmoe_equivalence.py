@@ -193,7 +193,10 @@ def main() -> None:
                 diff = float(np.abs(ours["last_logits"] - theirs["last_logits"]).max())
                 rows.append((image_name, knob_name, diff, ours["greedy_tokens"] == theirs["greedy_tokens"]))
                 print(f"{image_name:14s} {knob_name:12s} max|dlogit| {diff:.2e}  greedy equal {rows[-1][3]}")
-            print(f"{image_name:14s} preprocessing: {compare_preprocessing(native, inputs, image, max_crops)}")
+            for max_crops in (3, 6, 12):
+                inputs = remote_inputs(ckpt, native, image, max_crops)
+                check = compare_preprocessing(native, inputs, image, max_crops)
+                print(f"{image_name:14s} preprocessing, max_crops {max_crops:2d}: {check}")
         inputs = remote_inputs(ckpt, native, None, 12)
         for knob_name, knobs in KNOBS[:4]:
             theirs = remote_case(remote, inputs, knobs, native.config.n_layers, native.config.top_k)

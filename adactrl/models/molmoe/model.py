@@ -210,7 +210,11 @@ class MolmoEVLM(nn.Module):
             hidden = layer(hidden, attention_mask=None)
             outputs.append(hidden)
         features = torch.cat([outputs[i % self.config.vision.layers] for i in self.config.vit_layers], dim=-1)
-        return VisionFeatures(features=features[:, 1:], image=image)
+        # As released: a crop holding any pixel exactly at -1 (the value that pads a batch of
+        # crops) counts as padding and its features are zeroed, even when it is a real crop
+        # whose normalised pixel happens to land on -1.
+        real = (image.pixels != -1).flatten(1).all(dim=1).to(features.dtype)  # [C]
+        return VisionFeatures(features=features[:, 1:] * real[:, None, None], image=image)
 
     def project(self, features: VisionFeatures) -> torch.Tensor:
         image = features.image

@@ -3,6 +3,7 @@ the insertion point and the KV cache change nothing, and `run_case` applies the 
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import numpy as np
@@ -128,3 +129,12 @@ def test_run_case_applies_each_knob(molmoe_dir, image_file, knobs):
 def test_run_case_text_only_and_skipping_every_later_block(molmoe_dir):
     out = run_case(molmoe_dir, None, PROMPT, {"top_k": None, "skip_blocks": [1, 2, 3], "max_crops": None}, 3)
     assert len(out["greedy_tokens"]) == 3 and np.isfinite(out["last_logits"]).all()
+
+
+@torch.no_grad()
+def test_a_crop_with_a_pixel_at_exactly_minus_one_is_zeroed_as_released(molmoe, wide_image):
+    image = molmoe.preprocess(wide_image, "low")
+    pixels = image.pixels.clone()
+    pixels[1, 0, 5, 5] = -1.0  # the batch-padding value, landed on by a real pixel
+    features = molmoe.encode_vision(dataclasses.replace(image, pixels=pixels)).features  # [C, P, F]
+    assert bool((features[1] == 0).all()) and bool((features[0] != 0).any()) and bool((features[2] != 0).any())
