@@ -173,7 +173,8 @@ class Trainer:
         self.best_records: tuple[EvalRecord, ...] = ()
         """The best epoch's validation records (what budget_curves.png draws)."""
         self._last_records: tuple[EvalRecord, ...] = ()
-        self._restart_point = backend.learner_snapshot()
+        self._restart_point: LearnerSnapshot | None = None
+        """The learner's state at the newest checkpoint (or at the start): a lost learner restarts from it."""
         self._restart_step = state.step
         if self.depth < backend.num_workers:
             log.warning("--max_policy_lag %d keeps at most %d of the %d rollout workers busy (a request waits for "
@@ -244,6 +245,7 @@ class Trainer:
             self.calibrate()
         else:
             self._use_budget_range()
+        self._restart_point = self.backend.learner_snapshot()  # with the budget range in the controller
         if self.state.epoch == 0 and not self.state.untrained_val:
             self.state.untrained_val = self.validate(0)
         total = self.config.num_epochs * self.requests_per_epoch
@@ -347,6 +349,7 @@ class Trainer:
         step = self._restart_step
         log.warning("the learner was lost during epoch %d (%s); restarting it from the state of epoch %d's "
                     "checkpoint and replaying the epoch from step %d", epoch, err, epoch - 1, step)  # fmt: skip
+        assert self._restart_point is not None, "run() takes the first snapshot"
         self.weights = self.backend.restart_learner(self._restart_point)
         self.state.step = step
         self.state.learner_restarts = self.backend.learner_restarts

@@ -11,7 +11,7 @@ from adactrl.knobs import KnobSpace
 from adactrl.metrics import ROLLOUT_NUM_PLANS
 from adactrl.training.checkpoints import TrainerState
 from adactrl.training.config import DataConfig, TrainConfig
-from adactrl.training.loop import LearnerSnapshot, RolloutDone, Trainer, Updated
+from adactrl.training.loop import RolloutDone, Trainer, Updated
 from adactrl.training.records import BudgetRange, WeightsRef
 
 
@@ -31,9 +31,6 @@ class ReverseOrderBackend:
 
     def weights(self):
         return self._weights
-
-    def learner_snapshot(self):
-        return LearnerSnapshot({}, {})
 
     def submit(self, worker, request, weights):
         assert request.policy_version == weights.version
