@@ -72,10 +72,10 @@ def test_default_counts_accuracy_only_when_the_budget_is_met():
     # met: 0.8 of accuracy, nothing for the 60 ms left unspent -> 0.8 at 40 ms as at 99 ms.
     assert compute_reward(0.8, 40.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(0.8)
     assert compute_reward(0.8, 99.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(0.8)
-    # missed by 1 ms: accuracy 0.8 * 0 = 0; miss -1.0 -> total -1.0, whatever the overshoot.
+    # missed by 1 ms: accuracy 0.8 * 0 = 0; miss -0.3 -> total -0.3, whatever the overshoot.
     r = compute_reward(0.8, 101.0, 100.0, 0.0, RewardConfig())
-    assert (r.accuracy, r.miss, r.total) == pytest.approx((0.0, -1.0, -1.0))
-    assert compute_reward(0.8, 300.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(-1.0)
+    assert (r.accuracy, r.miss, r.total) == pytest.approx((0.0, -0.3, -0.3))
+    assert compute_reward(0.8, 300.0, 100.0, 0.0, RewardConfig()).total == pytest.approx(-0.3)
 
 
 def test_seed_reward_keeps_a_missed_answer_and_pays_for_unspent_budget():

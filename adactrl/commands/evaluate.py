@@ -191,7 +191,8 @@ def paired_report(requests, budgets: list[float], names: set[str], flipped: str)
             ceiling = paired_difference(requests, CEILING, "oracle", budget)
             entry["ceiling_minus_oracle"] = ceiling.to_dict()
             gain = entry["controller_minus_oracle"]["mean"]
-            entry["gap_captured"] = gain / ceiling.mean if ceiling.mean > 0 else None
+            # a share of a gap is only read where there is one: the ceiling > 2 s.e. above the oracle
+            entry["gap_captured"] = gain / ceiling.mean if ceiling.mean > 2 * ceiling.standard_error else None
         if flipped in names:
             entry["budget_token_effect"] = paired_difference(requests, flipped, "controller", budget).to_dict()
         report.append(entry)
