@@ -93,7 +93,9 @@ class RunRecorder:
         self.log = logging.getLogger("adactrl.train")
         self._handler = _add_file_handler(self.log, output_dir / LOG_FILE)
         self.client = MlflowClient(self.tracking_uri)
-        self._logged_through = -1
+        self._last_step: dict[str, int] = {}
+        """Per metric, the newest step logged: a replayed step (a resumed run, or the epoch a lost
+        learner replays) goes to the CSVs again but never twice to MLflow."""
         self.run_id = self._open_run(resolve_experiment(experiment), run_id, run_name)
         if tags:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in sorted(tags.items())])
@@ -102,7 +104,7 @@ class RunRecorder:
         if run_id is not None:
             try:
                 self.client.update_run(run_id, status="RUNNING")
-                self._logged_through = self._last_logged_step(run_id)
+                self._last_step = self._logged_steps(run_id)
                 return run_id
             except Exception as err:  # the store changed between runs: keep going in a new run
                 self.log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, err)
@@ -116,11 +118,11 @@ class RunRecorder:
             raise ValueError(f"cannot open an MLflow run at tracking URI {self.tracking_uri} ({err}); fix "
                              "--mlflow_tracking_uri or MLFLOW_TRACKING_URI") from err
 
-    def _last_logged_step(self, run_id: str) -> int:
-        """The newest step a reopened run holds: a killed attempt may have logged steps past its
-        last checkpoint, and the resumed run replays them (in the CSVs, not twice in MLflow)."""
+    def _logged_steps(self, run_id: str) -> dict[str, int]:
+        """The newest step of each metric a reopened run holds: a killed attempt may have logged
+        steps past its last checkpoint."""
         keys = self.client.get_run(run_id).data.metrics
-        return max((m.step for key in keys for m in self.client.get_metric_history(run_id, key)), default=-1)
+        return {key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in keys}
 
     def log_params(self, params: dict[str, object]) -> None:
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
@@ -128,10 +130,10 @@ class RunRecorder:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if step <= self._logged_through:
-            return
+        fresh = {k: v for k, v in metrics.items() if step > self._last_step.get(k, -1)}
+        self._last_step.update(dict.fromkeys(fresh, step))
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step) for k, v in fresh.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
 

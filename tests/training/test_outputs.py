@@ -163,3 +163,16 @@ def test_a_reopened_run_never_logs_a_step_twice(tmp_path):
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
     assert [r["loss/total"] for r in resumed.train_history.rows] == ["1.0", "2.0", 30.0, 40.0]
 
+
+
+def test_a_replayed_epoch_is_not_logged_twice_but_validation_at_the_same_step_is_kept(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorder = RunRecorder(tmp_path / "run", tracking_uri=uri, experiment="exp")
+    for step in (1, 2):
+        recorder.log_train_step(step, 1, {"loss/total": float(step)})
+    recorder.log_validation(1, 2, {"val/accuracy": 0.5})  # the epoch's last step: a new key, kept
+    recorder.log_train_step(2, 1, {"loss/total": 99.0})  # a lost learner's epoch replayed
+    recorder.finish(ok=True)
+    client = MlflowClient(uri)
+    assert [(m.step, m.value) for m in client.get_metric_history(recorder.run_id, "loss/total")] == [(1, 1.0), (2, 2.0)]
+    assert [m.step for m in client.get_metric_history(recorder.run_id, "val/accuracy")] == [2]
