@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from adactrl.data import load_vqa_dataset
-from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models import load_model
+from adactrl.models.adapter import MoEVLM
 from adactrl.models.pretrain import REASONING_FAMILIES, RECALL_FAMILIES
 from adactrl.plots import plot_pareto
 from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
@@ -57,7 +58,7 @@ def main() -> None:
         )
     torch.set_num_threads(args.threads)
 
-    model = EmbeddedVLM.load(args.model_path)
+    model = load_model(args.model_path)
     rows = list(load_vqa_dataset("synthetic", "test", args.num_questions, args.seed))
     plans = model.knob_space.static_plans(model.importance)
     started = time.perf_counter()
@@ -120,7 +121,7 @@ def main() -> None:
 
 
 def more_check_records(
-    model: EmbeddedVLM, plans: list, full_plan: str, lowest: dict[str, str], rows: list[dict]
+    model: MoEVLM, plans: list, full_plan: str, lowest: dict[str, str], rows: list[dict]
 ) -> list[SweepRecord]:
     """The single-knob checks on the test questions past the sweep's own (`--check_questions`):
     a knob's cost on its families can be a few points, which the sweep's 500 questions (about

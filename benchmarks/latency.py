@@ -18,7 +18,7 @@ from adactrl.controller import Controller, ControllerConfig
 from adactrl.controller.adaptive import ControllerPolicy
 from adactrl.data import load_vqa_dataset
 from adactrl.executor import STAGES, StaticPolicy, execute
-from adactrl.models.embedded import EmbeddedVLM
+from adactrl.models import load_model
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--output", default="benchmarks/results/latency.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = EmbeddedVLM.load().to(args.device)
+    model = load_model(device=args.device)
     controller = Controller(ControllerConfig(d_model=model.hidden_size), model.knob_space).to(args.device).eval()
     row = load_vqa_dataset("synthetic", "test", 1, 0)[0]
     space = model.knob_space

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from adactrl.controller import Controller
-from adactrl.models.embedded import EmbeddedVLM, load_importance_scores
+from adactrl.models import load_model as load_frozen_model
+from adactrl.models.adapter import MoEVLM
+from adactrl.models.importance import load_importance_scores
 from adactrl.profiling import SweepRecord, sweep
 from adactrl.training.config import WorkerConfig
 from adactrl.training.records import (
@@ -59,11 +61,12 @@ class RolloutReceipt:
         return cls(batch.epoch, batch.request_id, batch.worker_index, batch.policy_version, len(batch.records))
 
 
-def load_model(model_path: str | None, importance_scores_file: str | None) -> EmbeddedVLM:
-    """The frozen embedded model, with importance scores from a file when one is given."""
-    model = EmbeddedVLM.load(model_path)
+def load_model(model_path: str | None, importance_scores_file: str | None, device: str = "cpu") -> MoEVLM:
+    """The frozen model (embedded or MolmoE: `adactrl.models.load_model` tells which from the
+    directory's config.json), with importance scores from a file when one is given."""
+    model = load_frozen_model(model_path, device=device)
     if importance_scores_file is not None:
-        model.importance = load_importance_scores(importance_scores_file, model.config.num_layers)
+        model.importance = load_importance_scores(importance_scores_file, model.knob_space.num_layers)
     return model
 
 
@@ -79,7 +82,7 @@ class RolloutWorker:
         self.worker_index = worker_index
         self.latency_fn = latency_fn
         self.device = config.device
-        self.model = load_model(config.model_path, config.importance_scores_file).to(self.device)
+        self.model = load_model(config.model_path, config.importance_scores_file, self.device).to(self.device)
         self.estimate_fn: EstimatedRunLatency | None = None
         if config.latency_mode == "estimated":
             assert config.latency_estimator is not None, "TrainConfig checks that estimated mode has a path"

@@ -23,11 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from adactrl.baselines.estimator import EstimatorConfig, save_estimator, train_estimator
     from adactrl.baselines.oracle import LookupTableOracle
     from adactrl.baselines.supervised import SupervisedConfig, save_supervised, train_supervised
-    from adactrl.models.embedded import EmbeddedVLM
+    from adactrl.models import load_model
     from adactrl.profiling import read_profile, summarize
 
     records = read_profile(args.profile)
-    space = EmbeddedVLM.load(args.model_path).knob_space
+    space = load_model(args.model_path).knob_space
     oracle = LookupTableOracle.from_summaries(summarize(records), args.oracle_statistic)
     oracle.check_knob_space(space)
     profile = Path(args.profile)

@@ -41,7 +41,7 @@ RANGE_MARGIN = 1.1
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="controller vs oracle, supervised, random and static plans across budgets")
     p.add_argument("--controller", required=True, help="controller checkpoint (best_model.pt of `adactrl train`)")
-    p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--dataset_name", default="synthetic")
     p.add_argument("--split", default="test", help="held-out split the methods are evaluated on")
     p.add_argument("--num_samples", type=int, default=50)
@@ -88,7 +88,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         aggregate, controller_method, family_oracle_method, oracle_method, random_method, run_requests,
         static_methods, supervised_method,
     )  # fmt: skip
-    from adactrl.models.embedded import EmbeddedVLM
+    from adactrl.models import load_model
     from adactrl.profiling import pareto_frontier
 
     if args.num_samples < 1 or args.profile_samples < 1 or args.num_budgets < 1:
@@ -96,7 +96,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    model = EmbeddedVLM.load(args.model_path).to(args.device)
+    model = load_model(args.model_path, device=args.device)
     space = model.knob_space
     controller, extra = load_controller(
         args.controller, expected_knob_space=space, expected_d_model=model.hidden_size, map_location=args.device

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", help="the question")
     p.add_argument("--budget", type=float, help="latency budget in milliseconds (> 0)")
     p.add_argument("--controller", default=None, help="controller checkpoint (default: untrained)")
-    p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--max_new_tokens", type=int, default=4)
     p.add_argument("--device", type=device_arg, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--warmup", type=int, default=1,
@@ -30,10 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from adactrl.controller import Controller, ControllerConfig, load_controller
     from adactrl.controller.adaptive import adaptive_infer
-    from adactrl.models.embedded import EmbeddedVLM
+    from adactrl.models import load_model
     from adactrl.models.preprocessing import load_image
 
-    model = EmbeddedVLM.load(args.model_path).to(args.device)
+    model = load_model(args.model_path, device=args.device)
     if args.list_vocabulary:
         print(" ".join(model.tokenizer.vocabulary()))
         return 0

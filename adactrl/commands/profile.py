@@ -12,7 +12,7 @@ from adactrl.devices import device_arg
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="static sweep of every plan: accuracy/latency table and Pareto plot")
-    p.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--dataset_name", default="synthetic")
     p.add_argument("--split", default="test")
     p.add_argument("--num_samples", type=int, default=100)
@@ -39,14 +39,14 @@ def profile(args: argparse.Namespace):
     import torch
 
     from adactrl.data import load_vqa_dataset
-    from adactrl.models.embedded import EmbeddedVLM
+    from adactrl.models import load_model
 
     if args.num_threads is not None:
         if args.num_threads < 1:
             raise ValueError(f"--num_threads must be >= 1, got {args.num_threads}")
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
-    model = EmbeddedVLM.load(args.model_path).to(args.device)
+    model = load_model(args.model_path, device=args.device)
     rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
     space = model.knob_space
     at = space.insertion_positions if args.all_insertions else space.insertion_positions[:1]

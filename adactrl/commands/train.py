@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="datasets to train and validate on: synthetic, or VQA sets in the local HF cache")
     data.add_argument("--num_train_samples", type=int, default=_D.num_train_samples, help="train samples per dataset")
     data.add_argument("--num_val_samples", type=int, default=_D.num_val_samples, help="validation samples per dataset")
-    data.add_argument("--model_path", default=None, help="embedded model directory (default: the shipped one)")
+    data.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     data.add_argument("--importance_scores_file", default=None, help="block importance JSON for block selection")
     data.add_argument("--seed", type=int, default=_D.seed)
 
