@@ -170,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mirror", help="git dir of github:ChulanZhang/molmo_hf (from the fetch tool)")
     parser.add_argument("--deps", default=None, help="directory holding einops (pip install --target DIR einops)")
+    parser.add_argument("--std", type=float, default=0.05, help="std of the random weights (larger: larger logits)")
     args = parser.parse_args()
     if args.deps:
         sys.path.insert(0, args.deps)
@@ -177,7 +178,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         materialise(args.mirror, tmp / "remote")
-        ckpt = write_random_checkpoint(tmp / "ckpt", SMALL_336, seed=1, std=0.05)
+        ckpt = write_random_checkpoint(tmp / "ckpt", SMALL_336, seed=1, std=args.std)
         native = MolmoEVLM.load(ckpt)
         remote = remote_model(ckpt)
         rng = np.random.default_rng(0)
@@ -205,7 +206,9 @@ def main() -> None:
             rows.append(("text only", knob_name, diff, ours["greedy_tokens"] == theirs["greedy_tokens"]))
             print(f"{'text only':14s} {knob_name:12s} max|dlogit| {diff:.2e}  greedy equal {rows[-1][3]}")
         worst = max(r[2] for r in rows)
-        print(f"\n{len(rows)} cases: worst max|dlogit| {worst:.2e}; greedy tokens equal in {sum(r[3] for r in rows)}/{len(rows)}")
+        scale = float(np.abs(ours["last_logits"]).max())
+        print(f"\n{len(rows)} cases: worst max|dlogit| {worst:.2e} (logits up to {scale:.2f} in magnitude); "
+              f"greedy tokens equal in {sum(r[3] for r in rows)}/{len(rows)}")
 
 
 if __name__ == "__main__":
