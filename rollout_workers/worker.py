@@ -106,9 +106,9 @@ class RolloutWorker:
         return {name: len(split) for name, split in self.splits.items()}
 
     def load_weights(self, version: int, state: dict[str, torch.Tensor | np.ndarray]) -> int:
-        """Always loads: the backend sends a state only when this worker does not hold it (a version
-        number alone does not say that: a restarted learner publishes its versions again). Under
-        Ray the state comes as numpy arrays, read from the object store without a copy."""
+        """Always loads (a version number alone does not say which weights a worker holds: a
+        restarted learner publishes its versions again, a restarted worker holds none). Under Ray
+        the state comes as numpy arrays, read from the object store without a copy."""
         self.controller.load_state_dict({k: v if isinstance(v, torch.Tensor) else torch.tensor(v)
                                          for k, v in state.items()})  # fmt: skip
         self.version = version
@@ -153,17 +153,23 @@ class RolloutWorker:
     ) -> tuple[RolloutReceipt, RolloutBatch]:
         """Load (version, state) when given, then `rollout`, and a receipt for it. Under Ray the two
         come back as two objects: the driver reads the receipt (a small record: it learns the request
-        is done) and hands the batch's ref to the learner, which fetches the records itself. The
-        weights come with the call, their object-store ref resolved here before it runs: Ray may run
-        an actor's calls out of order while one of them waits for an argument."""
+        is done) and hands the batch's ref to the learner, which fetches the records itself. Under Ray
+        the weights come with every call, their object-store ref resolved before it runs: a call
+        finds them whatever happened to this worker since the last one (Ray may have restarted it,
+        and may run an actor's calls out of order while one of them waits for an argument)."""
         if state is not None:
             self.load_weights(version, state)
         batch = self.rollout(request)
         return RolloutReceipt.of(batch), batch
 
-    def evaluate(self, request: EvalRequest) -> EvalBatch:
+    def evaluate(
+        self, request: EvalRequest, version: int | None = None, state: dict[str, torch.Tensor] | None = None
+    ) -> EvalBatch:
         """The greedy policy on validation samples, at every budget of the request, scored on the
-        measured latency (with an estimator the records keep its estimate too)."""
+        measured latency (with an estimator the records keep its estimate too). Loads (version,
+        state) first when given, as `rollout_with_receipt` does."""
+        if state is not None:
+            self.load_weights(version, state)
         self._check_version(request.policy_version)
         records, skipped = [], []
         for index in request.sample_indices:

@@ -236,8 +236,8 @@ def _summarize(
     summary = {
         "table": table, "rows": rows, "val_budgets_ms": list(budgets), "oracle_plans": oracle_plans,
         "budget_range": trainer.budget_range.to_dict(), "best_epoch": state.best_epoch,
-        "steps": state.step, "policy_version": trainer.weights.version, "worker_restarts": backend.worker_restarts,
-        "learner_restarts": backend.learner_restarts, "latency_mode": config.latency_mode,
+        "steps": state.step, "policy_version": trainer.weights.version, "worker_restarts": state.worker_restarts,
+        "learner_restarts": state.learner_restarts, "latency_mode": config.latency_mode,
     }  # fmt: skip
     return summary, points
 

@@ -8,7 +8,10 @@ the optimizer, `ray.put`s each new weight version once and answers with (version
 pulls a version from the object store when the driver sends it that ref with its next request.
 
 Faults: a rollout worker that dies is restarted by Ray (max_restarts) and its request re-issued
-with the same weights; one Ray gives up on is dropped and its work goes to the others. A learner
+with the same weights; one Ray gives up on is dropped and its work goes to the others. Every call
+that needs weights carries them, so a worker Ray restarted between two calls (before the driver
+noticed) still runs the next one on the right weights; restarts are counted from Ray's actor
+table, so a worker killed twice counts twice whenever the driver looks. A learner
 that dies raises `LearnerLost`; `restart_learner` starts a new one in the same bundle from a
 checkpoint's state, and the loop replays the epoch.
 """
@@ -81,14 +84,12 @@ class RayBackend:
     ) -> None:  # fmt: skip
         self.actors = list(workers)
         self.num_workers = len(self.actors)
-        self.worker_restarts = 0
         self.learner_restarts = 0
         self._placement = placement
         self._controller = controller
         self._config = config
         self._pids = ray.get([actor.ping.remote() for actor in self.actors])
         self._dead = [False] * self.num_workers
-        self._held: list[WeightsRef | None] = [None] * self.num_workers
         self._in_flight: dict[ray.ObjectRef, tuple[int, RolloutRequest, WeightsRef, ray.ObjectRef]] = {}
         self._batches: dict[int, ray.ObjectRef] = {}
         self._updates: dict[ray.ObjectRef, int] = {}
@@ -96,12 +97,20 @@ class RayBackend:
         self.learner_pid = self._learner_call(self.learner.ping.remote())
         self._weights: WeightsRef = self._learner_call(self.learner.weights.remote())
 
+    @property
+    def worker_restarts(self) -> int:
+        """Ray's restarts of this run's rollout workers, each counted however soon it came after
+        another (`ray._private.state`: Ray 2.60 has no public call that reads the count without
+        the dashboard)."""
+        return sum(int(ray._private.state.actors(actor._actor_id.hex()).get("NumRestarts", 0))
+                   for actor in self.actors)  # fmt: skip
+
     def split_sizes(self) -> dict[str, int]:
-        return self._call_each([(0, lambda actor: actor.split_sizes.remote())], None)[0]
+        return self._call_each([(0, lambda actor: actor.split_sizes.remote())])[0]
 
     def calibrate(self, sample_indices: tuple[int, ...]) -> list[CalibrationResult]:
         calls = [(w, lambda actor: actor.calibrate.remote(sample_indices)) for w in range(self.num_workers)]
-        return self._call_each(calls, None)
+        return self._call_each(calls)
 
     def set_budget_range(self, low_ms: float, high_ms: float) -> WeightsRef:
         self._weights = self._learner_call(self.learner.set_budget_range.remote(low_ms, high_ms))
@@ -111,21 +120,21 @@ class RayBackend:
         return self._weights
 
     def evaluate(self, requests: Sequence[EvalRequest | None], weights: WeightsRef) -> list[EvalBatch]:
-        calls = [(w, lambda actor, r=r: actor.evaluate.remote(r)) for w, r in enumerate(requests) if r is not None]
-        return self._call_each(calls, weights)
+        calls = [(w, lambda actor, r=r: actor.evaluate.remote(r, weights.version, weights.state))
+                 for w, r in enumerate(requests) if r is not None]  # fmt: skip
+        return self._call_each(calls)
 
     def sweep(self, chunks: Sequence[tuple[int, ...]]) -> list[SweepRecord]:
         calls = [(w, lambda actor, c=c: actor.sweep.remote(c)) for w, c in enumerate(chunks) if c]
-        return [r for part in self._call_each(calls, None) for r in part]
+        return [r for part in self._call_each(calls) for r in part]
 
     def submit(self, worker: int, request: RolloutRequest, weights: WeightsRef) -> None:
         worker = self._route(worker)
-        # The weights travel with the request (the worker resolves their ref before it runs) unless
-        # the worker already holds them.
-        load = () if self._held[worker] is weights else (weights.version, weights.state)
-        self._held[worker] = weights
+        # The weights travel with every request (the worker resolves their ref before it runs and
+        # loads them: about a millisecond for the controller). Sending them only to a worker that
+        # lacked them broke when Ray restarted it between two requests, before the driver knew.
         call = self.actors[worker].rollout_with_receipt.options(num_returns=2)
-        receipt, batch = call.remote(request, *load)
+        receipt, batch = call.remote(request, weights.version, weights.state)
         self._in_flight[receipt] = (worker, request, weights, batch)
 
     def learn(self, request_id: int) -> None:
@@ -173,7 +182,6 @@ class RayBackend:
         self.learner = self._start_learner(controller, snapshot.learner_state)
         self.learner_restarts += 1
         self.learner_pid = self._learner_call(self.learner.ping.remote())
-        self._held = [None] * self.num_workers
         self._weights = self._learner_call(self.learner.weights.remote())
         log.warning("started a new learner (process %d, restart %d in this run) at policy version %d",
                     self.learner_pid, self.learner_restarts, self._weights.version)  # fmt: skip
@@ -201,19 +209,15 @@ class RayBackend:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
             raise LearnerLost(f"{type(err).__name__}: the learner actor is gone") from err
 
-    def _call_each(self, calls: list[tuple[int, Callable[[Any], ray.ObjectRef]]], weights: WeightsRef | None) -> list:
+    def _call_each(self, calls: list[tuple[int, Callable[[Any], ray.ObjectRef]]]) -> list:
         """One call per (worker, call) pair; results in the calls' order. A call whose worker
         died is re-issued once Ray has restarted it (or on another worker)."""
         pending: dict[ray.ObjectRef, tuple[int, int]] = {}
 
         def start(slot: int, worker: int) -> None:
             worker = self._route(worker)
-            if weights is not None:
-                self._load_weights([worker], weights)
             pending[calls[slot][1](self.actors[worker])] = (slot, worker)
 
-        if weights is not None:
-            self._load_weights([self._route(w) for w, _ in calls], weights)
         for slot, (worker, _) in enumerate(calls):
             start(slot, worker)
         results: dict[int, Any] = {}
@@ -227,18 +231,6 @@ class RayBackend:
                 start(slot, worker)
         return [results[slot] for slot in range(len(calls))]
 
-    def _load_weights(self, workers: Sequence[int], weights: WeightsRef) -> None:
-        """Load `weights` on the workers that lack them and wait until they have: a call sent
-        after an unfinished load could run first (Ray reorders calls waiting for an argument)."""
-        loads = {self.actors[w].load_weights.remote(weights.version, weights.state): w
-                 for w in set(workers) if self._held[w] is not weights}  # fmt: skip
-        for ref, worker in loads.items():
-            try:
-                ray.get(ref)
-                self._held[worker] = weights
-            except ray.exceptions.RayActorError as err:
-                self._recover(worker, err, "a weights load")
-
     def _route(self, worker: int) -> int:
         if not self._dead[worker]:
             return worker
@@ -249,7 +241,6 @@ class RayBackend:
 
     def _recover(self, worker: int, err: Exception, what: str) -> None:
         """Wait until the worker answers again; a new process id means Ray restarted it."""
-        self._held[worker] = None
         deadline = time.monotonic() + RECOVERY_TIMEOUT_S
         while True:
             try:
@@ -269,7 +260,6 @@ class RayBackend:
                       worker, what, type(err).__name__)
         elif pid != self._pids[worker]:
             self._pids[worker] = pid
-            self.worker_restarts += 1
             log.warning("rollout worker %d died during %s (%s); Ray restarted it (restart %d in this run), "
                         "re-issuing the work", worker, what, type(err).__name__, self.worker_restarts)
         else:

@@ -176,6 +176,8 @@ class Trainer:
         self._restart_point: LearnerSnapshot | None = None
         """The learner's state at the newest checkpoint (or at the start): a lost learner restarts from it."""
         self._restart_step = state.step
+        self._restarts_before = (state.worker_restarts, state.learner_restarts)
+        """A resumed run's restarts before this attempt: the backend counts this attempt's."""
         if self.depth < backend.num_workers:
             log.warning("--max_policy_lag %d keeps at most %d of the %d rollout workers busy (a request waits for "
                         "the update %d requests before it); the default, --num_workers, keeps all of them busy",
@@ -258,6 +260,7 @@ class Trainer:
                     except LearnerLost as err:
                         self._replay_epoch(epoch, bar, err)
                 self._emit("on_epoch_end", EpochEvent(epoch, metrics))
+        self._count_restarts()  # those during the last validation too
         return self.state
 
     def _run_epoch(self, epoch: int, bar: tqdm) -> dict[str, float]:
@@ -306,10 +309,9 @@ class Trainer:
 
     def _record_update(self, epoch: int, event: Updated, worker: int, bar: tqdm) -> None:
         self.state.step += 1
-        self.state.worker_restarts = self.backend.worker_restarts
-        self.state.learner_restarts = self.backend.learner_restarts
-        metrics = event.metrics | {WORKER_RESTARTS: float(self.backend.worker_restarts),
-                                   LEARNER_RESTARTS: float(self.backend.learner_restarts)}  # fmt: skip
+        self._count_restarts()
+        metrics = event.metrics | {WORKER_RESTARTS: float(self.state.worker_restarts),
+                                   LEARNER_RESTARTS: float(self.state.learner_restarts)}  # fmt: skip
         if event.publish_ms is not None:
             self._emit("on_publish", PublishEvent(event.version, event.publish_ms))
         self._emit("on_batch", BatchEvent(self.state.step, epoch, event.request_id, worker, metrics))
@@ -352,11 +354,16 @@ class Trainer:
         assert self._restart_point is not None, "run() takes the first snapshot"
         self.weights = self.backend.restart_learner(self._restart_point)
         self.state.step = step
-        self.state.learner_restarts = self.backend.learner_restarts
+        self._count_restarts()
         self.recorder.train_history.truncate(step)
         self.recorder.val_history.truncate(epoch - 1)
         bar.n = step
         bar.refresh()
+
+    def _count_restarts(self) -> None:
+        workers, learners = self._restarts_before
+        self.state.worker_restarts = workers + self.backend.worker_restarts
+        self.state.learner_restarts = learners + self.backend.learner_restarts
 
     def _emit(self, method: str, event: Any) -> None:
         for observer in self.observers:
