@@ -94,8 +94,9 @@ class RolloutWorker:
         """No weights yet: the driver sends the learner's before the first request."""
         data = config.data
         self.splits = {
-            "train": load_split(data.dataset_names, "train", data.num_train_samples, data.seed),
-            "validation": load_split(data.dataset_names, "validation", data.num_val_samples, data.seed),
+            "train": load_split(data.dataset_names, "train", data.num_train_samples, data.seed, data_dir=data.data_dir),
+            "validation": load_split(data.dataset_names, "validation", data.num_val_samples, data.seed,
+                                     data_dir=data.data_dir),  # fmt: skip
         }
 
     def ping(self) -> int:

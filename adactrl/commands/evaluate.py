@@ -43,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--controller", required=True, help="controller checkpoint (best_model.pt of `adactrl train`)")
     p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--dataset_name", default="synthetic")
+    p.add_argument("--data_dir", default=None, help="folder of the real datasets (docs/datasets.md)")
     p.add_argument("--split", default="test", help="held-out split the methods are evaluated on")
     p.add_argument("--num_samples", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="dataset subset and random-policy seed")
@@ -110,7 +111,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     budget_range, range_source = calibrated_range(extra, oracle)
     budgets = choose_budgets(args, budget_range, range_source)
 
-    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
+    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed, data_dir=args.data_dir))
     overlap = len({int(r["question_id"]) for r in rows} & {r.question_id for r in records})
     if overlap:
         print(f"warning: {overlap} evaluation samples are also in the profile table: the oracle is not held out")
@@ -207,7 +208,8 @@ def profile_records(args: argparse.Namespace, model, output: Path) -> tuple[list
 
     if args.profile:
         return read_profile(args.profile), Path(args.profile)
-    rows = list(load_vqa_dataset(args.dataset_name, args.profile_split, args.profile_samples, args.seed))
+    rows = list(load_vqa_dataset(args.dataset_name, args.profile_split, args.profile_samples, args.seed,
+                                 data_dir=args.data_dir))  # fmt: skip
     records, _ = sweep_and_write(
         model, rows, output / "profile", device=args.device, max_new_tokens=args.max_new_tokens
     )

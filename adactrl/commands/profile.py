@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="static sweep of every plan: accuracy/latency table and Pareto plot")
     p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--dataset_name", default="synthetic")
+    p.add_argument("--data_dir", default=None, help="folder of the real datasets (docs/datasets.md)")
     p.add_argument("--split", default="test")
     p.add_argument("--num_samples", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -47,7 +48,7 @@ def profile(args: argparse.Namespace):
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     model = load_model(args.model_path, device=args.device)
-    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed))
+    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed, data_dir=args.data_dir))
     space = model.knob_space
     at = space.insertion_positions if args.all_insertions else space.insertion_positions[:1]
     plans = [plan for insertion in at for plan in space.static_plans(model.importance, insertion)]

@@ -38,6 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data = p.add_argument_group("data and model")
     data.add_argument("--dataset_names", nargs="+", default=list(_D.dataset_names), metavar="NAME",
                       help="datasets to train and validate on: synthetic, or VQA sets in the local HF cache")
+    data.add_argument("--data_dir", default=None, metavar="DIR",
+                      help="folder of the real datasets (docs/datasets.md); default: the HF cache, then the hub")
     data.add_argument("--num_train_samples", type=int, default=_D.num_train_samples, help="train samples per dataset")
     data.add_argument("--num_val_samples", type=int, default=_D.num_val_samples, help="validation samples per dataset")
     data.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
@@ -113,7 +115,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         output_dir=args.output_dir,
         model_path=args.model_path,
         importance_scores_file=args.importance_scores_file,
-        data=DataConfig(tuple(args.dataset_names), args.num_train_samples, args.num_val_samples, args.seed),
+        data=DataConfig(tuple(args.dataset_names), args.num_train_samples, args.num_val_samples, args.seed,
+                        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None),
         learner=LearnerConfig(
             lr=args.lr, stage1_lr_ratio=args.stage1_lr_ratio, train_budget_encoder=args.train_budget_encoder,
             max_grad_norm=args.max_grad_norm, max_policy_lag=args.max_policy_lag,

@@ -115,6 +115,9 @@ class DataConfig:
     num_val_samples: int = 32
     """Held-out validation samples per dataset (split "validation")."""
     seed: int = 0
+    data_dir: str | None = None
+    """Folder of the real datasets (docs/datasets.md), an absolute path for the workers; None: the
+    Hugging Face cache, then the hub."""
 
     def __post_init__(self) -> None:
         from adactrl.data import DATASET_NAMES

@@ -91,9 +91,12 @@ class PlanOutcome:
         return self.latency_ms["total"]
 
 
-def load_split(dataset_names: Sequence[str], split: str, num_samples: int, seed: int) -> datasets.Dataset:
-    """`num_samples` rows of `split` from each dataset, concatenated in the given order."""
-    parts = [load_vqa_dataset(name, split, num_samples, seed) for name in dataset_names]
+def load_split(
+    dataset_names: Sequence[str], split: str, num_samples: int, seed: int, *, data_dir: str | None = None
+) -> datasets.Dataset:
+    """`num_samples` rows of `split` from each dataset, concatenated in the given order; the real
+    datasets are read from `data_dir` when given (adactrl.data.load_vqa_dataset)."""
+    parts = [load_vqa_dataset(name, split, num_samples, seed, data_dir=data_dir) for name in dataset_names]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 

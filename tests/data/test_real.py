@@ -270,3 +270,22 @@ def test_textvqa_fixture_runs_through_the_tiny_molmoe(tmp_path, caches):
     records = sweep(model, rows, plans, max_new_tokens=3)
     assert len(records) == 4 and {r.family for r in records} == {"text_vqa"}
     assert all(0.0 <= r.accuracy <= 1.0 for r in records)
+
+
+def test_data_dir_reaches_the_workers_splits_and_the_commands(tmp_path, caches):
+    import argparse
+
+    from adactrl.commands import evaluate, profile, train
+    from adactrl.training.rollout import load_split
+
+    write_hub_repo(tmp_path / "data" / "text_vqa", "text_vqa")
+    mixed = load_split(("synthetic", "text_vqa"), "validation", 2, seed=0, data_dir=str(tmp_path / "data"))
+    assert len(mixed) == 4 and mixed["family"][2:] == ["text_vqa", "text_vqa"]
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    for command in (train, evaluate, profile):
+        command.add_parser(sub)
+    args = parser.parse_args(["train", "--dataset_names", "text_vqa", "--data_dir", "data"])
+    assert train.config_from_args(args).data.data_dir == str(Path("data").resolve())  # absolute: workers run elsewhere
+    assert parser.parse_args(["evaluate", "--controller", "c.pt", "--data_dir", "d"]).data_dir == "d"
+    assert parser.parse_args(["profile", "--data_dir", "d"]).data_dir == "d"
