@@ -83,7 +83,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     from tqdm import tqdm
 
     from adactrl.controller import load_controller
-    from adactrl.data import load_vqa_dataset
+    from adactrl.data import load_vqa_dataset, read_rows
     from adactrl.baselines.oracle import family_oracles
     from adactrl.evaluation import (
         aggregate, controller_method, family_oracle_method, oracle_method, random_method, run_requests,
@@ -111,7 +111,10 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     budget_range, range_source = calibrated_range(extra, oracle)
     budgets = choose_budgets(args, budget_range, range_source)
 
-    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed, data_dir=args.data_dir))
+    rows, skipped = read_rows(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed,
+                                               data_dir=args.data_dir))  # fmt: skip
+    if skipped:
+        print(f"skipped {len(skipped)} rows whose image does not decode, e.g. {skipped[0]}")
     overlap = len({int(r["question_id"]) for r in rows} & {r.question_id for r in records})
     if overlap:
         print(f"warning: {overlap} evaluation samples are also in the profile table: the oracle is not held out")
@@ -203,13 +206,13 @@ def paired_report(requests, budgets: list[float], names: set[str], flipped: str)
 def profile_records(args: argparse.Namespace, model, output: Path) -> tuple[list, Path]:
     """The profile table given with --profile, or a sweep of --profile_samples run now."""
     from adactrl.commands.profile import sweep_and_write
-    from adactrl.data import load_vqa_dataset
+    from adactrl.data import load_vqa_dataset, read_rows
     from adactrl.profiling import read_profile
 
     if args.profile:
         return read_profile(args.profile), Path(args.profile)
-    rows = list(load_vqa_dataset(args.dataset_name, args.profile_split, args.profile_samples, args.seed,
-                                 data_dir=args.data_dir))  # fmt: skip
+    rows, _ = read_rows(load_vqa_dataset(args.dataset_name, args.profile_split, args.profile_samples, args.seed,
+                                         data_dir=args.data_dir))  # fmt: skip
     records, _ = sweep_and_write(
         model, rows, output / "profile", device=args.device, max_new_tokens=args.max_new_tokens
     )

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 def profile(args: argparse.Namespace):
     import torch
 
-    from adactrl.data import load_vqa_dataset
+    from adactrl.data import load_vqa_dataset, read_rows
     from adactrl.models import load_model
 
     if args.num_threads is not None:
@@ -48,7 +48,10 @@ def profile(args: argparse.Namespace):
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     model = load_model(args.model_path, device=args.device)
-    rows = list(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed, data_dir=args.data_dir))
+    rows, skipped = read_rows(load_vqa_dataset(args.dataset_name, args.split, args.num_samples, args.seed,
+                                               data_dir=args.data_dir))  # fmt: skip
+    if skipped:
+        print(f"skipped {len(skipped)} rows whose image does not decode, e.g. {skipped[0]}")
     space = model.knob_space
     at = space.insertion_positions if args.all_insertions else space.insertion_positions[:1]
     plans = [plan for insertion in at for plan in space.static_plans(model.importance, insertion)]
