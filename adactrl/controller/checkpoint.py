@@ -6,12 +6,14 @@ The file holds only plain values and tensors, so it loads with `torch.load(weigh
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adactrl.atomic import atomic_path
 from adactrl.controller.policy import Controller, ControllerConfig
 from adactrl.knobs import KnobSpace
 
@@ -19,12 +21,18 @@ FORMAT = "adactrl.controller/1"
 _PLAIN = (type(None), bool, int, float, str, torch.Tensor)
 
 
+class UnreadableCheckpoint(ValueError):
+    """The file is no usable checkpoint: torch cannot read it (truncated, corrupt), it has another
+    format, or its weights are not finite."""
+
+
 def save_controller(
     path: str | os.PathLike, controller: Controller, extra: dict[str, Any] | None = None
 ) -> None:
     """Write weights, config, KnobSpace and `extra` (plain values and tensors only) to `path`.
 
-    Written to a temporary file and renamed, so a crash mid-write never leaves a torn checkpoint.
+    Through `adactrl.atomic.atomic_path` (temp file, fsync, rename): a crash mid-write never leaves
+    a torn checkpoint, and a full disk raises `RunFileError` naming the file and the space left.
     """
     extra = {} if extra is None else extra
     _check_plain(extra, "extra")
@@ -36,9 +44,12 @@ def save_controller(
         "state_dict": {k: v.detach().cpu() for k, v in controller.state_dict().items()},
         "extra": extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    # Serialized in memory first: torch.save into a file reports a full disk as a RuntimeError
+    # ("file write failed"); a plain write raises the OSError that atomic_path explains.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_controller(
@@ -50,8 +61,9 @@ def load_controller(
 ) -> tuple[Controller, dict[str, Any]]:
     """Rebuild the controller saved at `path` -> (controller, extra).
 
-    Raises FileNotFoundError for a missing file, and ValueError for an unreadable file or one made
-    for another KnobSpace or d_model than expected.
+    Raises FileNotFoundError for a missing file, UnreadableCheckpoint (a ValueError) for a file
+    that is not a readable checkpoint or holds NaN or inf weights, and ValueError for one made for
+    another KnobSpace or d_model than expected.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,10 +71,10 @@ def load_controller(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path} is not a readable controller checkpoint: {err}") from err
+        raise UnreadableCheckpoint(f"{path} is not a readable controller checkpoint: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path} is not a controller checkpoint of format {FORMAT!r} (found {found!r})")
+        raise UnreadableCheckpoint(f"{path} is not a controller checkpoint of format {FORMAT!r} (found {found!r})")
     try:
         config = ControllerConfig(**payload["config"])
         knob_space = KnobSpace.from_dict(payload["knob_space"])
@@ -83,6 +95,10 @@ def load_controller(
         controller.load_state_dict(payload["state_dict"])
     except (KeyError, RuntimeError) as err:
         raise ValueError(f"{path} holds weights that do not fit its own config: {err}") from err
+    bad = [name for name, value in controller.state_dict().items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]  # fmt: skip
+    if bad:
+        raise UnreadableCheckpoint(f"{path} holds NaN or inf weights ({', '.join(bad)}); use an earlier checkpoint")
     return controller.to(map_location), payload.get("extra", {})
 
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adactrl.atomic import write_text
 from adactrl.controller import Controller, ControllerConfig, load_controller
 from adactrl.training.checkpoints import (
     BEST_MODEL,
     TrainerState,
-    latest_checkpoint,
-    load_training_checkpoint,
+    load_newest_checkpoint,
 )
 from adactrl.training.config import TrainConfig, WorkerConfig
 from adactrl.training.events import TrainingObserver
@@ -120,7 +120,7 @@ def run_training(
             state = trainer.run()
             summary, oracle = _summarize(config, trainer, model.knob_space, sizes["validation"])
         summary["wall_s"] = time.perf_counter() - began
-        (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(summary["table"], flush=True)
         log.info("summary\n%s", summary["table"])
         if trainer.best_records:
@@ -160,10 +160,8 @@ def _initial_state(
 ) -> tuple[Controller, dict | None, TrainerState]:
     fresh = TrainerState(latency_mode=config.latency_mode, latency_estimator=estimator, config=config.to_params())
     if config.resume:
-        path = latest_checkpoint(Path(config.output_dir))
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint_epoch_N.pt in {config.output_dir}")
-        controller, learner_state, state = load_training_checkpoint(path, model.knob_space, model.hidden_size)
+        path, controller, learner_state, state = load_newest_checkpoint(
+            Path(config.output_dir), model.knob_space, model.hidden_size)  # fmt: skip
         _check_resumed_latency(path, state, fresh)
         check_resumed_config(path, state.config, fresh.config, allow_change=config.allow_config_change)
         state.config = fresh.config

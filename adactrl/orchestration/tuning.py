@@ -40,6 +40,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.sample import Categorical, Domain, Float, Integer
 
+from adactrl.atomic import atomic_path, write_text
 from adactrl.orchestration.dashboard import TrainingDashboard
 from adactrl.orchestration.driver import run_training
 from adactrl.orchestration.ray_backend import Placement, actor_bundles, local_cpus, start_ray
@@ -366,10 +367,10 @@ def _close_mlflow_runs(trials: list[TrialSummary], tracking_uri: str, settings: 
 def _write_results(output_dir: Path, trials: list[TrialSummary], best: TrialSummary) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     keys = sorted({k for t in trials for k in t.params})
-    with (output_dir / RESULTS_FILE).open("w", newline="") as f:
+    with atomic_path(output_dir / RESULTS_FILE) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["trial_id", "status", "epochs", "best_val_reward", *keys, "mlflow_run_id", "output_dir"])
         for t in trials:
             writer.writerow([t.trial_id, t.status, t.epochs, t.best_val_reward, *(t.params.get(k) for k in keys),
                              t.mlflow_run_id, t.output_dir])  # fmt: skip
-    (output_dir / BEST_FILE).write_text(json.dumps(asdict(best), indent=2, default=str) + "\n")
+    write_text(output_dir / BEST_FILE, json.dumps(asdict(best), indent=2, default=str) + "\n")

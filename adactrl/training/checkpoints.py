@@ -1,9 +1,13 @@
 """Training checkpoints: a controller checkpoint (so `load_controller` reads any of them) whose
 `extra` holds what resume needs: learner state (optimizer, scheduler, RNG, version) and the
-trainer's position (epochs and steps done, budget range, best validation reward, MLflow run)."""
+trainer's position (epochs and steps done, budget range, best validation reward, MLflow run).
+
+Every checkpoint is written atomically (`save_controller`); a resume takes the newest one that
+still loads, saying which it skipped and why."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -11,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from adactrl.controller import Controller, load_controller, save_controller
+from adactrl.controller.checkpoint import UnreadableCheckpoint
 from adactrl.knobs import KnobSpace
 from adactrl.training.records import BudgetRange
 
+log = logging.getLogger("adactrl.train")
 BEST_MODEL = "best_model.pt"
 _EPOCH_FILE = re.compile(r"checkpoint_epoch_(\d+)\.pt$")
 
@@ -77,7 +83,27 @@ def load_training_checkpoint(
     return controller, extra["learner"], TrainerState.from_dict(extra["trainer"])
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint_epoch_N.pt with the largest N in output_dir, if any."""
+def epoch_checkpoints(output_dir: Path) -> list[Path]:
+    """output_dir's checkpoint_epoch_N.pt files, newest (largest N) first."""
     found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint_epoch_*.pt") if (m := _EPOCH_FILE.search(p.name))]
-    return max(found)[1] if found else None
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def load_newest_checkpoint(
+    output_dir: Path, knob_space: KnobSpace, d_model: int
+) -> tuple[Path, Controller, dict[str, Any], TrainerState]:
+    """The newest checkpoint in output_dir that loads -> (path, controller, learner state, trainer
+    state). A newer one that does not load (truncated by a full disk or a crash outside adactrl,
+    NaN weights) is skipped with a warning saying why; one made for another model stops the resume."""
+    paths = epoch_checkpoints(output_dir)
+    if not paths:
+        raise FileNotFoundError(f"--resume: no checkpoint_epoch_N.pt in {output_dir}")
+    reasons = []
+    for path in paths:
+        try:
+            return (path, *load_training_checkpoint(path, knob_space, d_model))
+        except UnreadableCheckpoint as err:
+            log.warning("--resume: skipping %s, which does not load: %s", path.name, err)
+            reasons.append(str(err))
+    raise ValueError(f"--resume: no checkpoint in {output_dir} loads ({'; '.join(reasons)}); "
+                     "start the run again with --overwrite")  # fmt: skip
