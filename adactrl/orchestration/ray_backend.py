@@ -287,10 +287,17 @@ def ray_backend(
     `worker_class` replaces the rollout worker (the scaling benchmark's simulated one)."""
     started = not ray.is_initialized()
     if started:
-        start_ray(config.ray_address, num_cpus=local_cpus(actor_bundles(config, 0)))
+        bundles = actor_bundles(config, 0)
+        start_ray(config.ray_address, num_cpus=local_cpus(bundles, shared=bundles[LEARNER_BUNDLE]["CPU"]))
     own = placement is None
     if placement is None:
         bundles = actor_bundles(config, ray.cluster_resources().get("GPU", 0))
+        try:
+            check_cluster_holds(bundles, config.num_workers)
+        except ValueError:
+            if started:
+                ray.shutdown()
+            raise
         placement = Placement(placement_group(bundles, strategy="PACK"))
     bundle = placement.group.bundle_specs[placement.first + 1]
     gpu_each = 1 if bundle.get("GPU", 0) >= 1 else 0
@@ -327,11 +334,28 @@ def ray_backend(
             ray.shutdown()
 
 
-def local_cpus(bundles: Sequence[dict[str, float]]) -> int:
+def local_cpus(bundles: Sequence[dict[str, float]], shared: float = math.inf) -> int:
     """CPUs a local Ray instance declares: the machine's, or what one run's bundles add up to where
-    that is more (a laptop's 2 cores hold 2 rollout workers and the learner; the learner's updates
-    are short next to the rollouts, so it shares a core)."""
-    return max(os.cpu_count() or 1, math.ceil(sum(b.get("CPU", 0.0) for b in bundles)))
+    that is more by at most `shared` CPUs (a laptop's 2 cores hold 2 rollout workers and the learner;
+    the learner's updates are short next to the rollouts, so it shares a core). A run that needs
+    more than that is refused (`check_cluster_holds`) instead of crowding the machine."""
+    cores = os.cpu_count() or 1
+    wanted = math.ceil(sum(b.get("CPU", 0.0) for b in bundles))
+    return max(cores, wanted) if wanted <= cores + shared else cores
+
+
+def check_cluster_holds(bundles: Sequence[dict[str, float]], num_workers: int) -> None:
+    """Refuse in seconds a run whose actors the cluster cannot hold (the placement group would
+    otherwise wait PLACEMENT_TIMEOUT_S), naming what it has."""
+    have = ray.cluster_resources()
+    for key in ("CPU", "GPU"):
+        need = sum(b.get(key, 0.0) for b in bundles)
+        if need > have.get(key, 0.0) + 1e-9:
+            raise ValueError(
+                f"the learner and {num_workers} rollout workers need {need:g} {key}s in all, but the Ray cluster "
+                f"has {have.get('CPU', 0.0):g} CPUs and {have.get('GPU', 0.0):g} GPUs: lower --num_workers, "
+                "--worker_cpus or --learner_cpus (0.5 lets two actors share a core), or pass a larger --ray_address"
+            )
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, attempts: int = RAY_START_ATTEMPTS) -> None:
