@@ -289,3 +289,19 @@ def test_data_dir_reaches_the_workers_splits_and_the_commands(tmp_path, caches):
     assert train.config_from_args(args).data.data_dir == str(Path("data").resolve())  # absolute: workers run elsewhere
     assert parser.parse_args(["evaluate", "--controller", "c.pt", "--data_dir", "d"]).data_dir == "d"
     assert parser.parse_args(["profile", "--data_dir", "d"]).data_dir == "d"
+
+
+def test_adactrl_profile_on_a_textvqa_fixture_with_the_tiny_molmoe(tmp_path, caches, capsys):
+    import json
+
+    from adactrl.cli import main
+    from adactrl.models.molmoe.random_checkpoint import write_random_checkpoint
+
+    data = write_hub_repo(tmp_path / "textvqa", "text_vqa", corrupt_row=2)
+    out = tmp_path / "profile"
+    argv = ["profile", "--model_path", str(write_random_checkpoint(tmp_path / "molmoe")), "--dataset_name", "text_vqa",
+            "--split", "validation", "--data_dir", str(data), "--num_samples", "3", "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert "skipped 1 rows whose image does not decode" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary and all(0.0 <= plan["accuracy"] <= 1.0 for plan in summary)  # random weights: near 0
