@@ -94,6 +94,8 @@ def evaluate_command(args: argparse.Namespace) -> dict:
 
     if args.num_samples < 1 or args.profile_samples < 1 or args.num_budgets < 1:
         raise ValueError("--num_samples, --profile_samples and --num_budgets must be >= 1")
+    if args.budgets and any(not (math.isfinite(b) and b > 0) for b in args.budgets):
+        raise ValueError(f"--budgets must be finite and > 0 ms, got {args.budgets}")  # before the sweep
     output = Path(args.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from adactrl.metrics import LOSS_TOTAL, WORKER_RESTARTS
+from adactrl.metrics import WORKER_RESTARTS
 from adactrl.orchestration.driver import run_training
 from adactrl.training.config import DataConfig
 from tests.faults.checks import assert_nothing_lost

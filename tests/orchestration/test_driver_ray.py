@@ -1,7 +1,7 @@
-"""`adactrl train` on the shared local Ray instance: the learner actor and 2 CPU rollout workers."""
+"""`adactrl train` on the shared local Ray instance: the learner actor and 2 CPU rollout workers.
+(Killed workers and a killed learner: tests/faults/.)"""
 
 import csv
-import functools
 import math
 import os
 
@@ -12,19 +12,16 @@ from mlflow.tracking import MlflowClient
 from adactrl.controller import Controller, ControllerConfig
 from adactrl.metrics import (
     LATENCY_ESTIMATE_ERROR_MS,
-    LEARNER_RESTARTS,
     LOSS_TOTAL,
     POLICY_VERSION,
     VAL_ESTIMATE_ABS_ERROR_MS,
     VAL_REWARD,
-    WORKER_RESTARTS,
 )
 from adactrl.training.checkpoints import load_training_checkpoint
-from adactrl.training.config import DataConfig
 from adactrl.orchestration.driver import run_training
 from adactrl.training.events import TrainingObserver
 from rollout_workers import load_model
-from tests.training.helpers import cost_latency, crash_once_when_armed, small_config, train_tiny_estimator
+from tests.training.helpers import cost_latency, small_config, train_tiny_estimator
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -97,73 +94,6 @@ def test_ray_training_advances_versions_broadcasts_weights_and_logs_to_mlflow(tm
     assert len(client.get_metric_history(outcome.run_id, VAL_REWARD)) == 3  # untrained + 2 epochs
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"best_model.pt", "training_history.csv", "validation_history.csv"} <= artifacts
-
-
-def test_a_worker_killed_mid_run_is_restarted_and_training_completes(tmp_path, tiny_model_dir):
-    flags = tmp_path / "flags"
-    flags.mkdir()
-    config = small_config(tmp_path / "run", tiny_model_dir, num_workers=2, num_epochs=1,
-                          data=DataConfig(num_train_samples=8, num_val_samples=2), budget_range_ms=(3.0, 10.0))
-
-    class Arm(TrainingObserver):
-        def on_batch(self, event):
-            if event.step == 1:  # three requests of the epoch are still to run: one of them kills its worker
-                (flags / "armed").touch()
-
-    outcome = run_training(config, latency_fn=functools.partial(crash_once_when_armed, str(flags)),
-                           observers=[Arm()])  # fmt: skip
-    assert (flags / "fired").exists()
-    assert outcome.state.step == 4 and outcome.state.worker_restarts == 1
-    assert outcome.summary["worker_restarts"] == 1
-    log = (tmp_path / "run" / "train.log").read_text()
-    assert "rollout worker" in log and "Ray restarted it (restart 1 in this run)" in log
-    history = MlflowClient(outcome.tracking_uri).get_metric_history(outcome.run_id, WORKER_RESTARTS)
-    assert history[-1].value == 1
-
-
-def test_a_learner_killed_mid_run_is_restarted_from_the_checkpoint_and_the_run_is_unchanged(
-    tmp_path, tiny_model_dir, ray_local
-):
-    ray = ray_local
-    settings = dict(num_workers=2, data=DataConfig(num_train_samples=8, num_val_samples=2),
-                    budget_range_ms=(3.0, 10.0))  # fmt: skip
-    run_training(small_config(tmp_path / "straight", tiny_model_dir, **settings), local=True, latency_fn=cost_latency)
-
-    class KillLearner(TrainingObserver):
-        backend, killed_pid = None, None
-
-        def on_batch(self, event):
-            if event.step == 6 and self.killed_pid is None:  # epoch 2 of 2, two of its four updates taken
-                self.killed_pid = self.backend.learner_pid
-                ray.kill(self.backend.learner)
-
-    killer = KillLearner()
-    config = small_config(tmp_path / "killed", tiny_model_dir, **settings)
-    outcome = run_training(config, latency_fn=cost_latency, observers=[killer],
-                           backend_hook=lambda backend: setattr(killer, "backend", backend))  # fmt: skip
-
-    assert killer.killed_pid is not None and killer.backend.learner_pid != killer.killed_pid
-    assert outcome.state.step == 8 and outcome.state.learner_restarts == 1
-    assert outcome.summary["learner_restarts"] == 1
-    assert "the learner was lost during epoch 2" in (tmp_path / "killed" / "train.log").read_text()
-    history = MlflowClient(outcome.tracking_uri).get_metric_history(outcome.run_id, LEARNER_RESTARTS)
-    assert max(m.value for m in history) == 1
-    # Each step and each epoch once in the histories: the lost steps were dropped and taken again.
-    with open(tmp_path / "killed" / "training_history.csv", newline="") as f:
-        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, 9))
-    with open(tmp_path / "killed" / "validation_history.csv", newline="") as f:
-        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
-    # The replayed epoch is the epoch the learner would have run: the same weights as a run in
-    # process that nothing interrupted (the latency is deterministic, the schedule does not depend
-    # on timing).
-    model = load_model(tiny_model_dir, None)
-    a_ctrl, a_learner, _ = load_training_checkpoint(tmp_path / "straight" / "checkpoint_epoch_2.pt",
-                                                    model.knob_space, model.hidden_size)  # fmt: skip
-    b_ctrl, b_learner, _ = load_training_checkpoint(tmp_path / "killed" / "checkpoint_epoch_2.pt",
-                                                    model.knob_space, model.hidden_size)  # fmt: skip
-    assert a_learner["version"] == b_learner["version"] == 8
-    for name, value in a_ctrl.state_dict().items():
-        torch.testing.assert_close(b_ctrl.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
 
 
 def test_ray_workers_load_the_estimator_and_log_its_error(tmp_path, tiny_model_dir, tiny_model, monkeypatch):
