@@ -119,9 +119,10 @@ def load_importance_scores(path: str | Path, num_layers: int) -> tuple[float, ..
         raise ValueError(f"{path} is not an importance-scores JSON: {err}") from err
     if len(scores) != num_layers:
         raise ValueError(f"{path} has {len(scores)} scores but the model has {num_layers} blocks")
-    bad = {block: score for block, score in enumerate(scores) if not (math.isfinite(score) and score >= 0)}
-    if bad:  # block selection ranks by score: NaN, inf or a negative one would scramble it
-        raise ValueError(f"{path}: importance scores must be finite and >= 0; blocks {bad} are not")
+    bad = {block: score for block, score in enumerate(scores) if not math.isfinite(score)}
+    if bad:  # block selection sorts by score, and NaN scrambles a sort. (A negative score is fine: a
+        # block whose removal lowered the loss, ranked last.)
+        raise ValueError(f"{path}: importance scores must be finite numbers; blocks {bad} are not")
     return scores
 
 
