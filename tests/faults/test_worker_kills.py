@@ -1,6 +1,7 @@
-"""A rollout worker killed three times in one run: twice back to back while it waits between
-requests (before the driver notices anything), once with a request in flight. Every re-issued or
-queued request finds its weights, every restart is counted, and nothing is lost."""
+"""Rollout workers killed four times in one run. Worker A twice back to back while it waits
+between requests (before the driver notices anything), worker B once with a request in flight,
+then A a third time, past Ray's max_restarts (2): A is dropped and B takes its work. Every
+re-issued or queued request finds its weights, every restart is counted, and nothing is lost."""
 
 import time
 
@@ -32,14 +33,16 @@ def kill_and_wait(ray, actor) -> None:
 
 
 class KillWorkers:
-    """Wraps the backend's `submit`: just before request 1 goes out, its worker is killed twice
-    (each time waiting for Ray's restart); just after the first request that goes to the other
-    worker in epoch 2, that worker is killed with the request in flight."""
+    """Wraps the backend's `submit`: just before request 1 goes out, its worker (A) is killed twice
+    (each time waiting for Ray's restart). In epoch 2 (both workers get a request as it starts),
+    the other worker (B) is killed just after its first request went out, and A just before its
+    first request, for good."""
 
     def __init__(self, ray) -> None:
         self.ray = ray
         self.twice: int | None = None
         self.in_flight: int | None = None
+        self.dropped: int | None = None
 
     def hook(self, backend) -> None:
         submit = backend.submit
@@ -49,6 +52,9 @@ class KillWorkers:
                 self.twice = worker
                 kill_and_wait(self.ray, backend.actors[worker])
                 kill_and_wait(self.ray, backend.actors[worker])
+            if self.dropped is None and request.epoch == 2 and worker == self.twice:
+                self.dropped = worker
+                self.ray.kill(backend.actors[worker], no_restart=False)  # its third death: Ray gives up
             submit(worker, request, weights)
             if self.in_flight is None and request.epoch == 2 and worker != self.twice:
                 self.in_flight = worker
@@ -57,18 +63,19 @@ class KillWorkers:
         backend.submit = submit_with_kills
 
 
-def test_a_worker_killed_three_times_is_restarted_every_time_and_nothing_is_lost(tmp_path, tiny_model_dir,
+def test_workers_killed_again_and_again_are_restarted_or_dropped_and_nothing_is_lost(tmp_path, tiny_model_dir,
                                                                                   ray_local):  # fmt: skip
     config = small_config(tmp_path / "run", tiny_model_dir, num_workers=2, num_epochs=2,
                           data=DataConfig(num_train_samples=8, num_val_samples=2), budget_range_ms=(3.0, 10.0))
     killer = KillWorkers(ray_local)
     outcome = run_training(config, latency_fn=cost_latency, backend_hook=killer.hook)
 
-    assert killer.twice is not None and killer.in_flight is not None
+    assert killer.twice is not None and killer.in_flight is not None and killer.dropped == killer.twice
     assert outcome.state.step == 8
     assert outcome.state.worker_restarts == outcome.summary["worker_restarts"] == 3
     history = MlflowClient(outcome.tracking_uri).get_metric_history(outcome.run_id, WORKER_RESTARTS)
     assert max(m.value for m in history) == 3
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "Ray restarted it" in log
+    assert "Ray restarted it" in log and f"rollout worker {killer.dropped} died" in log
+    assert "did not come back; its work goes to the others" in log
     assert_nothing_lost(outcome, steps=8, epochs=2)
