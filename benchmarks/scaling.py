@@ -120,7 +120,9 @@ class SimulatedRolloutWorker:
         batch = self.rollout(request)
         return SimulatedReceipt(batch.request_id, len(batch.records)), batch
 
-    def evaluate(self, request: EvalRequest) -> EvalBatch:
+    def evaluate(self, request: EvalRequest, version: int | None = None, state: dict | None = None) -> EvalBatch:
+        if state is not None:
+            self.load_weights(version, state)
         rng = np.random.default_rng([request.policy_version, *request.sample_indices])
         records = []
         for sample in request.sample_indices:
