@@ -34,6 +34,7 @@ from adactrl.training.outputs import (
     VALIDATION_HISTORY,
     BudgetPoint,
     RunRecorder,
+    budget_point,
     budget_points,
     run_tags,
 )
@@ -229,7 +230,7 @@ def _summarize(
             metrics, chosen = static_oracle(records, budgets, config.reward)
             rows["static Pareto oracle"] = metrics
             oracle_plans = {f"{b:.3f}": plan for b, plan in chosen.items()}
-            points = [_oracle_point(b, [r for r in records if r.plan == plan]) for b, plan in chosen.items()]
+            points = [budget_point(b, [r for r in records if r.plan == plan]) for b, plan in chosen.items()]
     table = format_summary(rows, budgets)
     summary = {
         "table": table, "rows": rows, "val_budgets_ms": list(budgets), "oracle_plans": oracle_plans,
@@ -238,9 +239,3 @@ def _summarize(
         "learner_restarts": state.learner_restarts, "latency_mode": config.latency_mode,
     }  # fmt: skip
     return summary, points
-
-
-def _oracle_point(budget_ms: float, runs: list[Any]) -> BudgetPoint:
-    latency = [r.total_ms for r in runs]
-    return BudgetPoint(budget_ms, sum(r.accuracy for r in runs) / len(runs), sum(latency) / len(latency),
-                       sum(float(ms > budget_ms) for ms in latency) / len(latency))  # fmt: skip

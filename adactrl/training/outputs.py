@@ -182,18 +182,20 @@ class BudgetPoint:
     violation_rate: float
 
 
+def budget_point(budget_ms: float, runs: Sequence) -> BudgetPoint:
+    """Means over runs at one budget; each run has `accuracy` and `total_ms` (evaluation and
+    sweep records alike)."""
+    latency = [r.total_ms for r in runs]
+    return BudgetPoint(budget_ms, sum(r.accuracy for r in runs) / len(runs), sum(latency) / len(latency),
+                       sum(float(ms > budget_ms) for ms in latency) / len(latency))  # fmt: skip
+
+
 def budget_points(records: Iterable) -> list[BudgetPoint]:
-    """Per-budget means over evaluation records (each with budget_ms, accuracy, violated and
-    latency_ms, a float or a dict holding "total")."""
+    """One `budget_point` per budget of evaluation records (each with `budget_ms`)."""
     by_budget: dict[float, list] = {}
     for record in records:
         by_budget.setdefault(record.budget_ms, []).append(record)
-    points = []
-    for budget, rows in sorted(by_budget.items()):
-        latency = [r.latency_ms["total"] if isinstance(r.latency_ms, dict) else r.latency_ms for r in rows]
-        points.append(BudgetPoint(budget, sum(r.accuracy for r in rows) / len(rows), sum(latency) / len(rows),
-                                  sum(float(r.violated) for r in rows) / len(rows)))  # fmt: skip
-    return points
+    return [budget_point(budget, runs) for budget, runs in sorted(by_budget.items())]
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

@@ -50,6 +50,10 @@ class _Record:
     latency_ms: dict[str, float]
     violated: bool
 
+    @property
+    def total_ms(self) -> float:
+        return self.latency_ms["total"]
+
 
 def test_budget_points_average_per_budget():
     records = [_Record(10.0, 1.0, {"total": 8.0}, False), _Record(10.0, 0.0, {"total": 12.0}, True),
