@@ -19,5 +19,5 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         "$VENV/bin/python" -m pip install --quiet "torch==${ADACTRL_CPU_TORCH:-2.13.0}"
     fi
 fi
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet -e ".[dev,serve]"
 touch "$STAMP"
