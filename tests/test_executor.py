@@ -1,5 +1,6 @@
 """One adaptive inference on the tiny model: the knobs change the compute that runs, the split at
-the insertion point changes nothing, and the latency breakdown adds up."""
+the insertion point changes nothing, and the latency breakdown adds up. The shared-stage path
+(`execute_group`) gives each plan exactly what its own run gives, running shared work once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from adactrl.executor import STAGES, Stage1Choice, Stage2Choice, StaticPolicy, execute
+from adactrl.executor import STAGES, Stage1Choice, Stage2Choice, StaticPolicy, execute, execute_group
 from adactrl.knobs import Plan
 
 MAX_NEW_TOKENS = 4
@@ -215,12 +216,13 @@ def test_budget_token_enters_prefill_only(tiny_model, synthetic_rows):
         result = execute(model, row["image"], row["question"], BudgetTokenPolicy(plan, token), max_new_tokens=4)
     finally:
         handle.remove()
-    # prefill: 9 image tokens (low tier) + the prompt + 1 budget token, the budget token last
-    assert inputs[0].shape == (1, 9 + result.num_prompt_tokens + 1, model.hidden_size)
-    assert torch.equal(inputs[0][0, -1], token)
+    # prefill: 9 image tokens (low tier) + the prompt, then the budget token in a pass of its own
+    # from the prefix's cache (so the prefix's pass is the same for every budget)
+    assert inputs[0].shape == (1, 9 + result.num_prompt_tokens, model.hidden_size)
+    assert inputs[1].shape == (1, 1, model.hidden_size) and torch.equal(inputs[1][0, 0], token)
     # decode: 3 steps (4 tokens, the first from prefill), each feeding one token and no budget token
-    assert [x.shape[1] for x in inputs[1:]] == [1, 1, 1]
-    for x, fed in zip(inputs[1:], result.token_ids):
+    assert [x.shape[1] for x in inputs[2:]] == [1, 1, 1]
+    for x, fed in zip(inputs[2:], result.token_ids):
         assert torch.equal(x[0, 0], model.embed_tokens(torch.tensor(fed)))
 
 
@@ -256,3 +258,75 @@ def test_latency_has_every_stage_and_adds_up(shipped_model, synthetic_rows):
     # Outside the stages only bookkeeping runs (a concat, the plan, the cache); the median over
     # runs keeps one scheduler hiccup on the shared machine from deciding the result.
     assert statistics.median(ratios) >= 0.90
+
+
+GROUP_PLANS = (
+    ("low", 1, 4, 8),
+    ("low", 3, 2, 6),
+    ("low", 1, 4, 8),  # the first plan again: its whole run is shared
+    ("medium", 3, 2, 6),
+    ("medium", 5, 3, 7),
+    ("low", 5, 4, 8),
+)
+
+
+def assert_group_equals_per_plan(model, image, prompt, policies, overhead_ms=0.25):
+    """`execute_group` and one `execute` per policy give the same plans, tokens and features, and
+    each group plan's total is its stages plus the overhead. Returns the group's results."""
+    group = execute_group(model, image, prompt, policies, overhead_ms=overhead_ms, max_new_tokens=MAX_NEW_TOKENS)
+    alone = [execute(model, image, prompt, p, max_new_tokens=MAX_NEW_TOKENS) for p in policies]
+    assert len(group) == len(policies)
+    for shared, own in zip(group, alone):
+        assert shared.plan == own.plan
+        assert shared.token_ids == own.token_ids and shared.answer == own.answer
+        assert torch.equal(shared.latency_token, own.latency_token)
+        assert torch.equal(shared.language_feature, own.language_feature)
+        assert (shared.num_image_tokens, shared.num_prompt_tokens) == (own.num_image_tokens, own.num_prompt_tokens)
+        assert set(shared.latency_ms) == {*STAGES, "total"}
+        assert shared.total_ms == pytest.approx(sum(shared.latency_ms[s] for s in STAGES) + overhead_ms)
+        assert shared.overhead_ms == pytest.approx(overhead_ms)
+        assert not shared.latency_token.is_inference()
+    return group
+
+
+@pytest.mark.parametrize("with_budget_token", [False, True], ids=["plain", "budget_token"])
+def test_group_gives_each_plan_what_its_own_run_gives(tiny_model, synthetic_rows, with_budget_token):
+    model, row = tiny_model, synthetic_rows[3]
+    tokens = [torch.full((model.hidden_size,), v) for v in (0.5, -0.5)]  # two budgets
+    policies = [
+        BudgetTokenPolicy(model.knob_space.plan(*knobs, model.importance), tokens[i % 2]) if with_budget_token
+        else StaticPolicy(model.knob_space.plan(*knobs, model.importance))
+        for i, knobs in enumerate(GROUP_PLANS)
+    ]  # fmt: skip
+    assert_group_equals_per_plan(model, row["image"], row["question"], policies)
+
+
+def test_group_runs_shared_work_once_and_counts_it_in_every_plan(tiny_model, synthetic_rows):
+    model, row = tiny_model, synthetic_rows[0]
+    policies = [StaticPolicy(model.knob_space.plan(*knobs, model.importance)) for knobs in GROUP_PLANS]
+    crops = []
+    handle = model.vision.register_forward_pre_hook(
+        lambda m, args, kwargs: crops.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
+    try:
+        with record_blocks(model) as calls:
+            group = assert_group_equals_per_plan(model, row["image"], row["question"], policies)
+    finally:
+        handle.remove()
+    # the per-plan runs (after the group) run the vision tower once per plan; the group once per tier
+    assert crops[:2] == [1, 5] and len(crops) == 2 + len(policies)
+    low, medium = 9 + group[0].num_prompt_tokens, 45 + group[0].num_prompt_tokens
+    group_calls = calls[: len(calls) - sum(len(p.plan.blocks) * MAX_NEW_TOKENS for p in policies)]
+    # low tier: head [0, 1), [1, 3), [3, 5) once; tails of plans 0, 1 and 5 (plan 2 repeats plan 0)
+    low_prefill = [b for b, t, _ in group_calls if t == low]
+    tails = [p.plan.blocks[p.plan.insertion :] for p in policies]
+    assert low_prefill == [0, 1, 2, 3, 4, *tails[0], *tails[1], *tails[5]]
+    assert len([c for c in group_calls if c[1] == medium]) == 5 + len(tails[3]) + len(tails[4])
+
+    ms = [r.latency_ms for r in group]
+    # shared stages: one measurement in every plan that used it
+    assert ms[0]["vision"] == ms[1]["vision"] == ms[5]["vision"] != ms[3]["vision"]
+    # the head before insertion 3 is the one before insertion 1 plus blocks 1 and 2
+    assert ms[1]["prefill_pre"] > ms[0]["prefill_pre"]
+    # a repeated plan shares its whole run; its controller time stays its own
+    assert all(ms[2][s] == ms[0][s] for s in ("vision", "projector", "prefill_pre", "prefill_post", "decode"))

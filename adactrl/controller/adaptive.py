@@ -1,14 +1,21 @@
-"""The controller as the executor's plan policy: one request, one budget, choices recorded."""
+"""The controller as the executor's plan policy: one request, one budget, choices recorded.
+
+`adaptive_infer` runs one plan end to end; `adaptive_infer_group` samples several plans for one
+request (a GRPO group, across budgets) and runs them through `execute_group`, which runs their
+shared stages once. Each plan has its own generator, so a plan's choices do not depend on
+which path runs it or on the plans beside it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from adactrl.controller.policy import Controller, StageAction, actions_to_knobs
-from adactrl.executor import InferenceResult, Stage1Choice, Stage2Choice, execute
+from adactrl.executor import InferenceResult, Stage1Choice, Stage2Choice, execute, execute_group
 from adactrl.models.adapter import MoEVLM
 
 
@@ -34,7 +41,8 @@ class ControllerPolicy:
     ) -> None:
         self.controller = controller
         self.append_token = controller.config.budget_token if budget_token is None else budget_token
-        self.budget = torch.tensor([float(budget_ms)])
+        self.budget_ms = float(budget_ms)
+        self.budget = torch.tensor([self.budget_ms])
         self.greedy = greedy
         self.generator = generator
         self.token_norm = token_norm
@@ -117,6 +125,35 @@ def adaptive_infer(
         budget_token=budget_token,
     )  # fmt: skip
     result = execute(model, image, prompt, policy, max_new_tokens=max_new_tokens, device=device)
+    return _adaptive_result(controller, policy, result)
+
+
+def adaptive_infer_group(
+    model: MoEVLM,
+    controller: Controller,
+    image: Image.Image,
+    prompt: str,
+    plans: Sequence[tuple[float, torch.Generator | None]],
+    *,
+    overhead_ms: float,
+    greedy: bool = False,
+    max_new_tokens: int = 4,
+    device: str = "cpu",
+    budget_token: bool | None = None,
+) -> list[AdaptiveResult]:
+    """One adaptive inference per (budget_ms, generator) of `plans` on one request, the work they
+    share run once; each plan's latency is composed from measured stages plus `overhead_ms`
+    (`execute_group`). Plan i chooses exactly what `adaptive_infer` at its budget with an equally
+    seeded generator chooses."""
+    norm = model.embedding_norm()
+    policies = [ControllerPolicy(controller, budget, greedy=greedy, generator=generator, token_norm=norm,
+                                 budget_token=budget_token) for budget, generator in plans]  # fmt: skip
+    results = execute_group(model, image, prompt, policies, overhead_ms=overhead_ms, max_new_tokens=max_new_tokens,
+                            device=device)  # fmt: skip
+    return [_adaptive_result(controller, p, r) for p, r in zip(policies, results)]
+
+
+def _adaptive_result(controller: Controller, policy: ControllerPolicy, result: InferenceResult) -> AdaptiveResult:
     actions = tuple(int(a) for a in policy.actions)
     actions_to_knobs(controller.knob_space, actions)
-    return AdaptiveResult(result, float(budget_ms), actions, float(policy.log_probs.sum()))  # type: ignore[arg-type]
+    return AdaptiveResult(result, policy.budget_ms, actions, float(policy.log_probs.sum()))  # type: ignore[arg-type]

@@ -76,6 +76,11 @@ class MoEVLM(Protocol):
         """An empty KV cache for one request."""
         ...
 
+    def copy_cache(self, cache: Any) -> Any:
+        """An independent copy of `cache`: the shared-stage path (`executor.execute_group`) runs a
+        prefix once and gives each plan its own copy to continue from with `run_blocks`."""
+        ...
+
     def run_blocks(
         self,
         hidden: torch.Tensor,
@@ -86,7 +91,9 @@ class MoEVLM(Protocol):
     ) -> torch.Tensor:
         """Run the given blocks, in order, with MoE top-k set to `top_k`.
 
-        hidden: [1, T, d_model] for positions start..start+T-1. Returns [1, T, d_model].
+        hidden: [1, T, d_model] for positions start..start+T-1. Returns [1, T, d_model]. The
+        positions attend to what `cache` holds for each block before `start`, so a prefix run once
+        is continued by later calls (the budget token, decode, or other blocks at start 0).
         """
         ...
 

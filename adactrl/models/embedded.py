@@ -7,6 +7,7 @@ projected to the language model's width, and transformers' `OlmoeForCausalLM` (1
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Sequence
@@ -83,6 +84,11 @@ def run_olmoe_blocks(
             position_embeddings=rotary,
         )
     return hidden
+
+
+def copy_dynamic_cache(cache: DynamicCache) -> DynamicCache:
+    """A copy of a transformers KV cache whose tensors share nothing with the original."""
+    return copy.deepcopy(cache)
 
 
 def append_budget(parts: list[torch.Tensor], budget_token: torch.Tensor | None) -> torch.Tensor:
@@ -260,6 +266,9 @@ class EmbeddedVLM(nn.Module):
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.lm.config)
+
+    def copy_cache(self, cache: DynamicCache) -> DynamicCache:
+        return copy_dynamic_cache(cache)
 
     def run_blocks(
         self,

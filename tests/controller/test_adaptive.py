@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from adactrl.controller import Controller, ControllerConfig, actions_to_knobs
-from adactrl.controller.adaptive import adaptive_infer
+from adactrl.controller.adaptive import adaptive_infer, adaptive_infer_group
 
 BUDGET_MS = 50.0
 
@@ -81,20 +81,22 @@ def prefill_of(model, controller, row, **kwargs):
         out = run(model, controller, row, **kwargs)
     finally:
         handle.remove()
-    return out.result, inputs[0]  # [1, L, d]
+    return out.result, inputs  # the prefix [1, L, d], then the budget token's pass [1, 1, d] if any
 
 
 def test_no_budget_token_by_default(tiny_model, controller, synthetic_rows):
     # The static plans run on [image, prompt]; by default the controller's runs do too.
     assert not controller.config.budget_token
-    result, prefill = prefill_of(tiny_model, controller, synthetic_rows[0])
-    assert prefill.shape[1] == result.num_image_tokens + result.num_prompt_tokens
+    result, inputs = prefill_of(tiny_model, controller, synthetic_rows[0])
+    assert inputs[0].shape[1] == result.num_image_tokens + result.num_prompt_tokens
+    assert len(inputs) == len(result.token_ids)  # prefill, then one pass per decode step
 
 
 def test_budget_token_enters_at_word_embedding_scale(tiny_model, controller, synthetic_rows):
-    result, prefill = prefill_of(tiny_model, controller, synthetic_rows[0], budget_token=True)
-    assert prefill.shape[1] == result.num_image_tokens + result.num_prompt_tokens + 1
-    budget_token = prefill[0, -1]
+    result, inputs = prefill_of(tiny_model, controller, synthetic_rows[0], budget_token=True)
+    assert inputs[0].shape[1] == result.num_image_tokens + result.num_prompt_tokens
+    assert inputs[1].shape[1] == 1  # the budget token's own pass, after the prefix
+    budget_token = inputs[1][0, -1]
     assert float(budget_token.norm()) == pytest.approx(tiny_model.embedding_norm(), rel=1e-5)
     # the encoder's direction is kept, only its length changes
     raw = controller.budget_token(torch.tensor([BUDGET_MS]))[0]
@@ -112,3 +114,27 @@ def test_invalid_budget_is_refused(tiny_model, controller, synthetic_rows, budge
     row = synthetic_rows[0]
     with pytest.raises(ValueError, match="finite and > 0"):
         adaptive_infer(tiny_model, controller, row["image"], row["question"], budget)
+
+
+@pytest.mark.parametrize("budget_token", [False, True], ids=["plain", "budget_token"])
+def test_group_samples_and_runs_what_each_plan_alone_would(tiny_model, controller, synthetic_rows, budget_token):
+    """Shared-stage rollouts: the same seeds give the same plans, answers, token ids, features and
+    log-probabilities as one `adaptive_infer` per plan, across two budgets of one request."""
+    row = synthetic_rows[4]
+    plans = [(budget, seed) for budget in (20.0, 80.0) for seed in range(4)]
+    group = adaptive_infer_group(
+        tiny_model, controller, row["image"], row["question"],
+        [(budget, torch.Generator().manual_seed(seed)) for budget, seed in plans],
+        overhead_ms=0.1, budget_token=budget_token, max_new_tokens=3,
+    )  # fmt: skip
+    alone = [adaptive_infer(tiny_model, controller, row["image"], row["question"], budget, greedy=False,
+                            generator=torch.Generator().manual_seed(seed), budget_token=budget_token, max_new_tokens=3)
+             for budget, seed in plans]  # fmt: skip
+    for shared, own, (budget, _) in zip(group, alone, plans):
+        assert shared.budget_ms == own.budget_ms == budget
+        assert shared.actions == own.actions
+        assert shared.log_prob == own.log_prob
+        assert shared.result.token_ids == own.result.token_ids and shared.result.answer == own.result.answer
+        assert torch.equal(shared.result.latency_token, own.result.latency_token)
+        assert rescore(controller, shared) == pytest.approx(shared.log_prob, abs=1e-5)
+    assert len({out.actions for out in group}) > 1, "eight seeds of an untrained controller pick several plans"

@@ -25,7 +25,13 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, DynamicCache, OlmoeC
 from transformers.models.olmoe.modeling_olmoe import OlmoeRotaryEmbedding
 
 from adactrl.knobs import KnobSpace
-from adactrl.models.embedded import IMPORTANCE_FILE, append_budget, cache_keyword, run_olmoe_blocks
+from adactrl.models.embedded import (
+    IMPORTANCE_FILE,
+    append_budget,
+    cache_keyword,
+    copy_dynamic_cache,
+    run_olmoe_blocks,
+)
 from adactrl.models.importance import load_importance_scores
 from adactrl.models.molmoe.config import MolmoEConfig, load_config
 from adactrl.models.molmoe.connector import MolmoConnector
@@ -233,6 +239,9 @@ class MolmoEVLM(nn.Module):
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.lm.config)
+
+    def copy_cache(self, cache: DynamicCache) -> DynamicCache:
+        return copy_dynamic_cache(cache)
 
     def run_blocks(
         self, hidden: torch.Tensor, blocks: Sequence[int], top_k: int, cache: Any, start: int

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adactrl.executor import Stage1Choice, Stage2Choice, StaticPolicy, execute
+from tests.test_executor import assert_group_equals_per_plan
 from adactrl.models.molmoe import run_case
 
 PROMPT = "what color is the circle?"
@@ -104,6 +105,15 @@ def test_two_stage_kv_cached_run_equals_one_pass_recomputation(molmoe, wide_imag
     assert logits[:stop].argmax(dim=-1).tolist() == list(result.token_ids)
     assert torch.allclose(result.latency_token, latency_token, atol=1e-5)
     assert result.num_image_tokens == image_tokens.shape[0]
+
+
+@pytest.mark.parametrize("policy", [StaticPolicy, Budgeted], ids=["plain", "budget_token"])
+def test_shared_stage_group_equals_one_run_per_plan(molmoe, wide_image, policy):
+    """execute_group through MolmoE's adapter: the same tokens and latency tokens as execute."""
+    knobs = [("low", 1, 2, 3), ("low", 2, 2, 3), ("medium", 1, 3, 4), ("low", 1, 2, 3), ("medium", 3, 4, 3)]
+    policies = [policy(molmoe.knob_space.plan(*k, molmoe.importance)) for k in knobs]
+    group = assert_group_equals_per_plan(molmoe, wide_image, PROMPT, policies)
+    assert group[0].latency_ms["vision"] == group[1].latency_ms["vision"] != group[2].latency_ms["vision"]
 
 
 @pytest.mark.parametrize(
