@@ -1,0 +1,1 @@
+"""Adapters that let other evaluation frameworks run the budgeted model (`lmms`: lmms-eval)."""
