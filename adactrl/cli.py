@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from adactrl.atomic import RunFileError
-from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, train, tune
+from adactrl.commands import baselines, evaluate, importance, infer, pretrain, profile, serve, train, tune
 
-COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance, tune)
+COMMANDS = (train, evaluate, infer, profile, baselines, pretrain, importance, tune, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
