@@ -34,12 +34,13 @@ from adactrl.baselines.oracle import LookupTableOracle
 from adactrl.baselines.supervised import SupervisedController
 from adactrl.controller import Controller
 from adactrl.controller.adaptive import adaptive_infer
-from adactrl.eval.vqa import vqa_score
+from adactrl.eval.scoring import AnswerScorer
 from adactrl.executor import InferenceResult, StaticPolicy, execute
 from adactrl.knobs import KnobSpace, Plan
 from adactrl.models.adapter import MoEVLM
 from adactrl.profiling import PlanSummary
 from adactrl.timing import cpu_clock
+from adactrl.training.records import EvalRecord
 
 METHOD_KINDS: tuple[str, ...] = ("controller", "oracle", "family_oracle", "supervised", "random", "static")
 
@@ -113,36 +114,6 @@ def static_methods(plans: Sequence[Plan]) -> list[Method]:
 
 
 @dataclass(frozen=True)
-class EvalRecord:
-    """One request: a method's answer to one sample under one budget."""
-
-    method: str
-    kind: str
-    budget_ms: float
-    question_id: int
-    plan: str
-    tier: str
-    insertion: int
-    top_k: int
-    num_blocks: int
-    accuracy: float
-    latency_ms: float
-    """End to end, including the controller (or the baseline's choice) time."""
-    controller_ms: float
-    family: str = ""
-    """The question's family (synthetic data); "" where the dataset has none."""
-
-    @property
-    def met(self) -> bool:
-        return self.latency_ms <= self.budget_ms
-
-    @property
-    def accuracy_met(self) -> float:
-        """The accuracy users judge: the answer counts only when its budget was met."""
-        return self.accuracy * self.met
-
-
-@dataclass(frozen=True)
 class EvalRow:
     """One (method, budget) cell of the comparison."""
 
@@ -180,8 +151,10 @@ def run_requests(
     device: str = "cpu",
     warmup: int = 2,
     progress: Callable[[int], None] | None = None,
+    scorer: AnswerScorer | None = None,
 ) -> list[EvalRecord]:
-    """Every method on every (row, budget); rows are dicts with image, question, answers, question_id."""
+    """Every method on every (row, budget); rows are dicts with image, question, answers,
+    question_id (and family), scored by `scorer` (by default AnswerScorer.for_split(rows))."""
     if not rows or not budgets or not methods:
         raise ValueError("evaluation needs at least one sample, one budget and one method")
     bad = [b for b in budgets if not (math.isfinite(b) and b > 0)]
@@ -190,6 +163,7 @@ def run_requests(
     full = model.knob_space.full_plan(model.importance)
     for row in rows[:warmup]:
         execute(model, row["image"], row["question"], StaticPolicy(full), max_new_tokens=max_new_tokens, device=device)
+    scorer = scorer or AnswerScorer.for_split(rows)
     clock = cpu_clock()  # the executor's clock, so a baseline's choice time adds up with its run's
     records: list[EvalRecord] = []
     for row in rows:
@@ -212,28 +186,27 @@ def run_requests(
                             max_new_tokens=max_new_tokens, device=device,
                         )  # fmt: skip
                     result = cache[plan.name]
-                records.append(_record(method, budget, row, result, choice_ms))
+                records.append(_record(method, budget, row, result, choice_ms, scorer))
                 if progress is not None:
                     progress(1)
     return records
 
 
-def _record(method: Method, budget: float, row: dict, result: InferenceResult, choice_ms: float) -> EvalRecord:
-    plan = result.plan
+def _record(
+    method: Method, budget: float, row: dict, result: InferenceResult, choice_ms: float, scorer: AnswerScorer
+) -> EvalRecord:
+    """The baseline's choice time counts as controller time, in the stage and in the total."""
+    family = str(row.get("family", ""))
+    ms = result.latency_ms
     return EvalRecord(
+        sample_id=int(row["question_id"]),
+        budget_ms=float(budget),
+        knobs=result.plan.knobs,
+        accuracy=scorer(result.answer, row["answers"], family),
+        latency_ms=ms | {"controller": ms["controller"] + choice_ms, "total": result.total_ms + choice_ms},
         method=method.name,
         kind=method.kind,
-        budget_ms=float(budget),
-        question_id=int(row["question_id"]),
-        plan=plan.name,
-        tier=plan.tier,
-        insertion=plan.insertion,
-        top_k=plan.top_k,
-        num_blocks=plan.num_blocks,
-        accuracy=vqa_score(result.answer, row["answers"]),
-        latency_ms=result.total_ms + choice_ms,
-        controller_ms=result.latency_ms["controller"] + choice_ms,
-        family=str(row.get("family", "")),
+        family=family,
     )
 
 
@@ -250,7 +223,7 @@ def aggregate(records: Sequence[EvalRecord], budget_range: tuple[float, float] |
         groups[(record.method, record.budget_ms)].append(record)
     rows = []
     for (method, budget), group in groups.items():
-        latencies = [r.latency_ms for r in group]
+        latencies = [r.total_ms for r in group]
         plans = statistics.multimode(r.plan for r in group)
         rows.append(
             EvalRow(
@@ -309,7 +282,7 @@ def paired_difference(records: Sequence[EvalRecord], method_a: str, method_b: st
     scores: dict[str, dict[int, float]] = {method_a: {}, method_b: {}}
     for r in records:
         if r.budget_ms == budget_ms and r.method in scores:
-            scores[r.method][r.question_id] = r.accuracy_met
+            scores[r.method][r.sample_id] = r.accuracy_met
     shared = sorted(scores[method_a].keys() & scores[method_b].keys())
     if len(shared) < 2:
         raise ValueError(f"{method_a} and {method_b} share {len(shared)} questions at {budget_ms} ms; a paired "
@@ -330,15 +303,12 @@ def static_summaries(records: Sequence[EvalRecord]) -> list[PlanSummary]:
         if r.kind == "static" and r.budget_ms == first_budget[r.method]:
             by_plan[r.plan].append(r)
     summaries = []
-    for name, group in by_plan.items():
-        latencies = [r.latency_ms for r in group]
-        first = group[0]
+    for group in by_plan.values():
+        latencies = [r.total_ms for r in group]
         summaries.append(
             PlanSummary(
-                plan=name, tier=first.tier, top_k=first.top_k, num_blocks=first.num_blocks,
-                accuracy=statistics.fmean(r.accuracy for r in group),
-                latency_ms=statistics.median(latencies), p95_latency_ms=percentile(latencies, 0.95),
-                family_accuracy={}, insertion=first.insertion,
+                knobs=group[0].knobs, accuracy=statistics.fmean(r.accuracy for r in group),
+                latency_ms=statistics.median(latencies), p95_latency_ms=percentile(latencies, 0.95), family_accuracy={},
             )  # fmt: skip
         )
     return sorted(summaries, key=lambda s: s.latency_ms)

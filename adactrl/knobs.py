@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 TIERS: tuple[str, ...] = ("low", "medium", "high")
 
@@ -135,6 +136,20 @@ class KnobSpace:
         ]
 
 
+class Knobs(NamedTuple):
+    """One value per knob: what a plan runs and what every record, summary and oracle choice
+    reports. `KnobSpace.plan(*knobs, importance)` makes it executable."""
+
+    tier: str
+    insertion: int
+    top_k: int
+    num_blocks: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.tier}/ins{self.insertion}/k{self.top_k}/b{self.num_blocks}"
+
+
 @dataclass(frozen=True)
 class Plan:
     """One choice of every knob, and the blocks it runs (ascending, block 0 first)."""
@@ -146,17 +161,15 @@ class Plan:
     blocks: tuple[int, ...]
 
     @property
+    def knobs(self) -> Knobs:
+        return Knobs(self.tier, self.insertion, self.top_k, self.num_blocks)
+
+    @property
     def name(self) -> str:
-        return f"{self.tier}/ins{self.insertion}/k{self.top_k}/b{self.num_blocks}"
+        return self.knobs.name
 
     def to_dict(self) -> dict:
-        return {
-            "tier": self.tier,
-            "insertion": self.insertion,
-            "top_k": self.top_k,
-            "num_blocks": self.num_blocks,
-            "blocks": list(self.blocks),
-        }
+        return self.knobs._asdict() | {"blocks": list(self.blocks)}
 
 
 def select_blocks(importance: Sequence[float], num_blocks: int, insertion: int) -> tuple[int, ...]:

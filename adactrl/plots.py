@@ -22,9 +22,9 @@ def plot_pareto(
 ) -> Path:
     """Every plan coloured by tier, the frontier as a line; extra_points are (label, latency, accuracy)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    tiers = sorted({s.tier for s in summaries}, key=[s.tier for s in summaries].index)
+    tiers = sorted({s.knobs.tier for s in summaries}, key=[s.knobs.tier for s in summaries].index)
     for tier in tiers:
-        points = [s for s in summaries if s.tier == tier]
+        points = [s for s in summaries if s.knobs.tier == tier]
         ax.scatter([s.latency_ms for s in points], [s.accuracy for s in points], s=14, alpha=0.6, label=f"tier {tier}")
     frontier = pareto_frontier(summaries)
     ax.plot([s.latency_ms for s in frontier], [s.accuracy for s in frontier], "k-", lw=1.2, label="Pareto frontier")

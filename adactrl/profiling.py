@@ -1,4 +1,5 @@
-"""The static sweep: every plan on every sample, with measured latency and VQA accuracy.
+"""The static sweep: every plan on every sample, with measured latency and accuracy (each row's
+dataset metric).
 
 One record per (sample, plan). `summarize` folds them into one row per plan and
 `pareto_frontier` keeps the plans no other plan beats on both accuracy and latency.
@@ -12,9 +13,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from adactrl.eval.vqa import vqa_score
+from adactrl.eval.scoring import AnswerScorer
 from adactrl.executor import StaticPolicy, execute
-from adactrl.knobs import Plan
+from adactrl.knobs import Knobs, Plan
 from adactrl.models.adapter import MoEVLM
 from adactrl.reward import plan_complexity
 
@@ -46,24 +47,32 @@ class SweepRecord:
     def total_ms(self) -> float:
         return self.latency_ms
 
+    @property
+    def knobs(self) -> Knobs:
+        return Knobs(self.tier, self.insertion, self.top_k, self.num_blocks)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class PlanSummary:
-    plan: str
-    tier: str
-    top_k: int
-    num_blocks: int
+    knobs: Knobs
     accuracy: float
     latency_ms: float
     """Median end-to-end latency over the samples."""
     p95_latency_ms: float
     """95th percentile of the end-to-end latency over the samples (nearest rank)."""
     family_accuracy: dict[str, float]
-    insertion: int = 1
-    """Insertion point of the plan; static sweeps use the KnobSpace's first."""
+
+    @property
+    def plan(self) -> str:
+        return self.knobs.name
+
+    def to_dict(self) -> dict:
+        """A flat row (the knobs as columns) for tables and JSON."""
+        return {"plan": self.plan, **self.knobs._asdict(), "accuracy": self.accuracy, "latency_ms": self.latency_ms,
+                "p95_latency_ms": self.p95_latency_ms, "family_accuracy": self.family_accuracy}  # fmt: skip
 
 
 def sweep(
@@ -75,12 +84,15 @@ def sweep(
     device: str = "cpu",
     warmup: int = 3,
     progress: Callable[[int], None] | None = None,
+    scorer: AnswerScorer | None = None,
 ) -> list[SweepRecord]:
-    """Run every plan on every row (dicts with image, question, answers, question_id, family).
+    """Run every plan on every row (dicts with image, question, answers, question_id, family),
+    scored by `scorer` (by default the rows' own: AnswerScorer.for_split(rows)).
 
     Plans are interleaved per sample so that slow drift of a shared machine spreads evenly."""
     if not rows or not plans:
         raise ValueError("the sweep needs at least one sample and one plan")
+    scorer = scorer or AnswerScorer.for_split(rows)
     for row in rows[:warmup]:
         execute(model, row["image"], row["question"], StaticPolicy(plans[-1]), max_new_tokens=max_new_tokens, device=device)
     records = []
@@ -100,7 +112,7 @@ def sweep(
                     top_k=plan.top_k,
                     num_blocks=plan.num_blocks,
                     answer=result.answer,
-                    accuracy=vqa_score(result.answer, row["answers"]),
+                    accuracy=scorer(result.answer, row["answers"], str(row.get("family", ""))),
                     num_image_tokens=result.num_image_tokens,
                     num_prompt_tokens=result.num_prompt_tokens,
                     num_output_tokens=len(result.token_ids),
@@ -123,7 +135,7 @@ def summarize(records: Iterable[SweepRecord]) -> list[PlanSummary]:
     for record in records:
         by_plan[record.plan].append(record)
     summaries = []
-    for name, group in by_plan.items():
+    for group in by_plan.values():
         families: dict[str, list[float]] = defaultdict(list)
         for r in group:
             families[r.family].append(r.accuracy)
@@ -131,15 +143,11 @@ def summarize(records: Iterable[SweepRecord]) -> list[PlanSummary]:
         first = group[0]
         summaries.append(
             PlanSummary(
-                plan=name,
-                tier=first.tier,
-                top_k=first.top_k,
-                num_blocks=first.num_blocks,
+                knobs=first.knobs,
                 accuracy=statistics.fmean(r.accuracy for r in group),
                 latency_ms=statistics.median(latencies),
                 p95_latency_ms=latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
                 family_accuracy={f: statistics.fmean(v) for f, v in sorted(families.items())},
-                insertion=first.insertion,
             )
         )
     return sorted(summaries, key=lambda s: s.latency_ms)

@@ -67,14 +67,14 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     summaries = summarize(records)
     frontier = pareto_frontier(summaries)
-    by_knobs = {(s.tier, s.top_k, s.num_blocks): s for s in summaries}
+    by_knobs = {(s.knobs.tier, s.knobs.top_k, s.knobs.num_blocks): s for s in summaries}
     space = model.knob_space
     full = by_knobs[(space.tiers[-1], space.default_top_k, space.num_layers)]
     cheapest = by_knobs[(space.tiers[0], space.top_k_values[0], space.num_blocks_values[0])]
     single_knob = {
-        "tier": [by_knobs[(t, full.top_k, full.num_blocks)] for t in space.tiers[:-1]],
-        "top_k": [by_knobs[(full.tier, k, full.num_blocks)] for k in space.top_k_values[:-1]],
-        "num_blocks": [by_knobs[(full.tier, full.top_k, n)] for n in space.num_blocks_values[:-1]],
+        "tier": [by_knobs[(t, full.knobs.top_k, full.knobs.num_blocks)] for t in space.tiers[:-1]],
+        "top_k": [by_knobs[(full.knobs.tier, k, full.knobs.num_blocks)] for k in space.top_k_values[:-1]],
+        "num_blocks": [by_knobs[(full.knobs.tier, full.knobs.top_k, n)] for n in space.num_blocks_values[:-1]],
     }
     full_runs = [r.latency_ms for r in records if r.plan == full.plan]
     lowest = {knob: lowered[0].plan for knob, lowered in single_knob.items()}

@@ -36,6 +36,7 @@ import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adactrl.knobs import Knobs  # noqa: E402
 from adactrl.metrics import POLICY_LAG, ROLLOUT_NUM_PLANS, ROLLOUT_NUM_STALE_DROPPED  # noqa: E402
 from adactrl.orchestration.driver import run_training  # noqa: E402
 from adactrl.orchestration.ray_backend import start_ray  # noqa: E402
@@ -128,10 +129,13 @@ class SimulatedRolloutWorker:
         for sample in request.sample_indices:
             for budget in request.budgets_ms:
                 latency, accuracy = self.profile[int(rng.integers(len(self.profile)))]
-                records.append(EvalRecord(sample, budget, (0,) * len(self.sizes), accuracy,
-                                          {"total": latency, "controller": 0.5}, _reward(accuracy, latency, budget),
-                                          self.version))  # fmt: skip
+                records.append(EvalRecord(sample, budget, SIMULATED_KNOBS, accuracy, {"total": latency, "controller": 0.5},
+                                          reward=_reward(accuracy, latency, budget), policy_version=self.version))  # fmt: skip
         return EvalBatch(tuple(records), (), self.version, self.worker_index)
+
+
+SIMULATED_KNOBS = Knobs("low", 1, 4, 12)
+"""The plan every simulated validation record reports (the simulation times no plan)."""
 
 
 def _reward(accuracy: float, latency_ms: float, budget_ms: float) -> Reward:

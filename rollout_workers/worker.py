@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from adactrl.controller import Controller
+from adactrl.eval.scoring import AnswerScorer
 from adactrl.models import load_model as load_frozen_model
 from adactrl.models.adapter import MoEVLM
 from adactrl.models.importance import load_importance_scores
@@ -98,6 +99,8 @@ class RolloutWorker:
             "validation": load_split(data.dataset_names, "validation", data.num_val_samples, data.seed,
                                      data_dir=data.data_dir),  # fmt: skip
         }
+        self.scorers = {name: AnswerScorer.for_split(split) for name, split in self.splits.items()}
+        """Each split's answers scored by their dataset's metric (CIDEr-D over the split's captions)."""
 
     def ping(self) -> int:
         """The worker's process id (tests and the driver use it to see a restart)."""
@@ -133,7 +136,8 @@ class RolloutWorker:
                 out = run_controller_plan(
                     self.model, self.controller, sample, budget, greedy=False, generator=generator,
                     reward_config=self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
-                    reward_on_estimate=True, max_new_tokens=self.config.max_new_tokens, device=self.device,
+                    reward_on_estimate=True, scorer=self.scorers["train"], max_new_tokens=self.config.max_new_tokens,
+                    device=self.device,
                 )  # fmt: skip
                 records.append(
                     RolloutRecord(
@@ -181,13 +185,13 @@ class RolloutWorker:
                 out = run_controller_plan(
                     self.model, self.controller, sample, budget, greedy=True, generator=None,
                     reward_config=self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
-                    max_new_tokens=self.config.max_new_tokens, device=self.device,
+                    scorer=self.scorers["validation"], max_new_tokens=self.config.max_new_tokens, device=self.device,
                 )  # fmt: skip
                 records.append(
                     EvalRecord(
-                        sample_id=index, budget_ms=budget, actions=out.actions, accuracy=out.accuracy,
-                        latency_ms=out.latency_ms, reward=out.reward, policy_version=self.version,
-                        complexity=out.complexity,
+                        sample_id=index, budget_ms=budget, knobs=out.result.plan.knobs, accuracy=out.accuracy,
+                        latency_ms=out.latency_ms, complexity=out.complexity, reward=out.reward,
+                        policy_version=self.version, family=sample.family,
                     )  # fmt: skip
                 )
         return EvalBatch(tuple(records), tuple(skipped), self.version, self.worker_index)
@@ -221,11 +225,12 @@ class RolloutWorker:
             sample = self._prepare("validation", index, [])
             if sample is not None:
                 rows.append({"image": sample.image, "question": sample.question, "answers": sample.answers,
-                             "question_id": index, "family": str(self.splits["validation"][index]["family"])})
+                             "question_id": index, "family": sample.family})
         if not rows:
             return []
         plans = self.model.knob_space.static_plans(self.model.importance)
-        return sweep(self.model, rows, plans, max_new_tokens=self.config.max_new_tokens, device=self.device)
+        return sweep(self.model, rows, plans, max_new_tokens=self.config.max_new_tokens, device=self.device,
+                     scorer=self.scorers["validation"])  # fmt: skip
 
     def _check_version(self, wanted: int) -> None:
         if self.version != wanted:

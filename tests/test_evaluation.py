@@ -12,7 +12,6 @@ from adactrl.cli import main
 from adactrl.commands.evaluate import measurement_threads
 from adactrl.controller import Controller, ControllerConfig, save_controller
 from adactrl.evaluation import (
-    EvalRecord,
     aggregate,
     controller_method,
     family_oracle_method,
@@ -24,7 +23,8 @@ from adactrl.evaluation import (
     supervised_method,
 )
 from adactrl.profiling import write_profile
-from adactrl.training.records import BudgetRange
+from adactrl.knobs import Knobs
+from adactrl.training.records import BudgetRange, EvalRecord
 from tests.baselines.helpers import record
 
 # Three plans of the tiny model's KnobSpace (tiers low/medium/high, top_k 2..4, blocks 6..8).
@@ -40,7 +40,8 @@ def tiny_profile_rows() -> list:
 
 
 def rec(method: str, budget: float, acc: float, ms: float, ctrl: float = 0.0, plan: str = "p") -> EvalRecord:
-    return EvalRecord(method, "static", budget, 0, plan, "low", 1, 2, 6, acc, ms, ctrl)
+    """A static method's record of the plan labelled `plan` (the label stands in the tier's place)."""
+    return EvalRecord(0, budget, Knobs(plan, 1, 2, 6), acc, {"total": ms, "controller": ctrl}, method=method, kind="static")
 
 
 def test_aggregate_by_hand():
@@ -55,7 +56,7 @@ def test_aggregate_by_hand():
     assert row.accuracy == pytest.approx(0.5)
     assert row.accuracy_within_budget == pytest.approx(1 / 3)  # (1 + 0 + 0) / 3
     assert row.controller_overhead == pytest.approx(4 / 30)
-    assert (row.num_distinct_plans, row.most_common_plan, row.in_range) == (2, "a", False)
+    assert (row.num_distinct_plans, row.most_common_plan, row.in_range) == (2, "a/ins1/k2/b6", False)
 
 
 def test_log_spaced_budgets():
@@ -151,9 +152,9 @@ def test_paired_difference_by_hand():
     # questions 0, 1, 2 at 10 ms; a: 1 met, 1 missed (12 ms), 0 met; b: 0, 1, 0 all met
     # accuracy counted when met: a = 1, 0, 0; b = 0, 1, 0 -> d = 1, -1, 0: mean 0, stdev 1, se 1/sqrt(3)
     records = [
-        dataclasses.replace(rec("a", 10.0, 1.0, 8.0), question_id=0), dataclasses.replace(rec("a", 10.0, 1.0, 12.0), question_id=1),
-        dataclasses.replace(rec("a", 10.0, 0.0, 8.0), question_id=2), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), question_id=0),
-        dataclasses.replace(rec("b", 10.0, 1.0, 8.0), question_id=1), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), question_id=2),
+        dataclasses.replace(rec("a", 10.0, 1.0, 8.0), sample_id=0), dataclasses.replace(rec("a", 10.0, 1.0, 12.0), sample_id=1),
+        dataclasses.replace(rec("a", 10.0, 0.0, 8.0), sample_id=2), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), sample_id=0),
+        dataclasses.replace(rec("b", 10.0, 1.0, 8.0), sample_id=1), dataclasses.replace(rec("b", 10.0, 0.0, 8.0), sample_id=2),
     ]  # fmt: skip
     d = paired_difference(records, "a", "b", 10.0)
     assert (d.mean, d.num_questions) == (0.0, 3)

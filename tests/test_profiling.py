@@ -2,6 +2,7 @@ import statistics
 
 import pytest
 
+from adactrl.knobs import Knobs
 from adactrl.profiling import PlanSummary, SweepRecord, paired_drop, pareto_frontier, summarize, sweep
 
 
@@ -29,8 +30,9 @@ def record(plan: str, family: str, accuracy: float, latency_ms: float, question_
     )
 
 
-def summary(plan: str, accuracy: float, latency_ms: float) -> PlanSummary:
-    return PlanSummary(plan, "low", 4, 12, accuracy, latency_ms, latency_ms, {})
+def summary(label: str, accuracy: float, latency_ms: float) -> PlanSummary:
+    """A plan told apart by its label, put in the tier's place."""
+    return PlanSummary(Knobs(label, 1, 4, 12), accuracy, latency_ms, latency_ms, {})
 
 
 def test_summarize_folds_records_per_plan():
@@ -42,7 +44,7 @@ def test_summarize_folds_records_per_plan():
         record("low/ins1/k4/b12", "digit", 0.0, 7.0, 2),
     ]
     low, high = summarize(records)  # cheapest first
-    assert (high.plan, high.tier, high.top_k, high.num_blocks) == ("high/ins1/k8/b16", "high", 8, 16)
+    assert (high.plan, high.knobs) == ("high/ins1/k8/b16", Knobs("high", 1, 8, 16))
     assert high.accuracy == pytest.approx(2 / 3)  # (1 + 0 + 1) / 3
     assert high.latency_ms == 20.0  # median of 10, 20, 30
     assert high.p95_latency_ms == 30.0  # sorted index int(0.95 * 3) = 2
@@ -64,7 +66,7 @@ def test_pareto_frontier_keeps_the_undominated_plans():
     ]
     # by latency: a 0.3 (best so far) -> b 0.2 no -> c 0.5 yes, d 0.4 no (same latency) -> e 0.5 no
     # (not above 0.5) -> f 0.9 yes
-    assert [p.plan for p in pareto_frontier(points)] == ["a", "c", "f"]
+    assert [p.knobs.tier for p in pareto_frontier(points)] == ["a", "c", "f"]
     assert pareto_frontier([]) == []
 
 

@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from adactrl.knobs import KnobSpace, Plan
+from adactrl.knobs import Knobs, KnobSpace, Plan
 from adactrl.profiling import PlanSummary, SweepRecord, read_profile, summarize
 
 LATENCY_STATISTICS: tuple[str, ...] = ("p95", "median")
@@ -31,11 +31,7 @@ LATENCY_STATISTICS: tuple[str, ...] = ("p95", "median")
 class OracleChoice:
     """The static plan the oracle picks for one budget."""
 
-    plan: str
-    tier: str
-    insertion: int
-    top_k: int
-    num_blocks: int
+    knobs: Knobs
     accuracy: float
     """Profiled accuracy of the plan."""
     latency_ms: float
@@ -43,9 +39,13 @@ class OracleChoice:
     feasible: bool
     """False when no plan meets the budget and the cheapest plan was returned instead."""
 
+    @property
+    def plan(self) -> str:
+        return self.knobs.name
+
     def to_plan(self, knob_space: KnobSpace, importance: Sequence[float]) -> Plan:
         """The executable plan (blocks chosen by the model's importance scores)."""
-        return knob_space.plan(self.tier, self.insertion, self.top_k, self.num_blocks, importance)
+        return knob_space.plan(*self.knobs, importance)
 
 
 class LookupTableOracle:
@@ -108,16 +108,7 @@ class LookupTableOracle:
                 break
             if not feasible or summary.accuracy > best.accuracy:
                 best, feasible = summary, True
-        return OracleChoice(
-            plan=best.plan,
-            tier=best.tier,
-            insertion=best.insertion,
-            top_k=best.top_k,
-            num_blocks=best.num_blocks,
-            accuracy=best.accuracy,
-            latency_ms=self.latency(best),
-            feasible=feasible,
-        )
+        return OracleChoice(knobs=best.knobs, accuracy=best.accuracy, latency_ms=self.latency(best), feasible=feasible)
 
     def table(self) -> list[tuple[float, OracleChoice]]:
         """The lookup table itself: (budget in ms from which on, the choice), cheapest first."""
@@ -138,10 +129,10 @@ class LookupTableOracle:
         }
         for summary in self.summaries:
             for knob, values in allowed.items():
-                if getattr(summary, knob) not in values:
+                if getattr(summary.knobs, knob) not in values:
                     raise ValueError(
                         f"the profile table does not fit this model: plan {summary.plan} has "
-                        f"{knob}={getattr(summary, knob)!r}, the model allows {list(values)}; "
+                        f"{knob}={getattr(summary.knobs, knob)!r}, the model allows {list(values)}; "
                         "profile this model with `adactrl profile`"
                     )
 

@@ -22,7 +22,7 @@ from adactrl.baselines.checkpoint import load_payload, save_payload
 from adactrl.baselines.oracle import LookupTableOracle
 from adactrl.baselines.threads import single_thread
 from adactrl.controller.modules import geometric_periods, sinusoidal_budget_features
-from adactrl.knobs import KnobSpace, Plan
+from adactrl.knobs import Knobs, KnobSpace, Plan
 
 FORMAT = "adactrl.supervised/1"
 KNOBS: tuple[str, ...] = ("tier", "top_k", "num_blocks")
@@ -92,11 +92,11 @@ class SupervisedController(nn.Module):
         """[B] ms -> [B, 3] argmax indices (tier, top_k, num_blocks)."""
         return torch.stack([logits.argmax(dim=-1) for logits in self(budget_ms)], dim=-1)
 
-    def choose(self, budget_ms: float) -> tuple[str, int, int, int]:
-        """One budget -> knob values (tier, insertion, top_k, num_blocks)."""
+    def choose(self, budget_ms: float) -> Knobs:
+        """One budget -> knob values."""
         tier, k, n = self.choose_indices(torch.tensor([float(budget_ms)]))[0].tolist()
         space = self.knob_space
-        return space.tiers[tier], self.insertion, space.top_k_values[k], space.num_blocks_values[n]
+        return Knobs(space.tiers[tier], self.insertion, space.top_k_values[k], space.num_blocks_values[n])
 
     def plan(self, budget_ms: float, importance: tuple[float, ...]) -> Plan:
         return self.knob_space.plan(*self.choose(budget_ms), importance)
@@ -109,9 +109,9 @@ def oracle_labels(oracle: LookupTableOracle, knob_space: KnobSpace, budgets: tor
     for budget in budgets.tolist():
         choice = oracle.choose(budget)
         rows.append((
-            knob_space.tiers.index(choice.tier),
-            knob_space.top_k_values.index(choice.top_k),
-            knob_space.num_blocks_values.index(choice.num_blocks),
+            knob_space.tiers.index(choice.knobs.tier),
+            knob_space.top_k_values.index(choice.knobs.top_k),
+            knob_space.num_blocks_values.index(choice.knobs.num_blocks),
         ))  # fmt: skip
     return torch.tensor(rows, dtype=torch.long)
 
@@ -144,7 +144,7 @@ def train_supervised(
     train_labels = oracle_labels(oracle, knob_space, train_budgets)  # [N, 3]
     val_labels = oracle_labels(oracle, knob_space, val_budgets)  # [M, 3]
 
-    model = SupervisedController(config, knob_space, insertion=oracle.cheapest.insertion)
+    model = SupervisedController(config, knob_space, insertion=oracle.cheapest.knobs.insertion)
     model.budget_range.copy_(torch.tensor([low, high]))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     with single_thread():

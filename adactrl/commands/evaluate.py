@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 from adactrl.devices import device_arg
@@ -135,7 +134,7 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     if args.baselines == "all":
         methods += [supervised_method(supervised, model), random_method(space, model.importance, args.seed)]
     chosen = {"all": summaries, "frontier": pareto_frontier(summaries), "none": []}[args.static_plans]
-    static = [space.plan(s.tier, s.insertion, s.top_k, s.num_blocks, model.importance) for s in chosen]
+    static = [space.plan(*s.knobs, model.importance) for s in chosen]
     methods += static_methods(static)
     with tqdm(total=len(rows) * len(budgets) * len(methods), desc="evaluate", unit="request") as bar:
         requests = run_requests(
@@ -293,7 +292,7 @@ def write_outputs(report: dict, requests, summaries, output: Path) -> None:
     rows = report["rows"]
     (output / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     _write_csv(output / "evaluation.csv", rows)
-    _write_csv(output / "requests.csv", [asdict(r) for r in requests])
+    _write_csv(output / "requests.csv", [r.to_row() for r in requests])
     plot_metric_vs_budget(rows, "accuracy", output / "accuracy_vs_budget.png",
                           ylabel="VQA accuracy", title="Accuracy vs latency budget")  # fmt: skip
     plot_metric_vs_budget(rows, "violation_rate", output / "violation_vs_budget.png", ylabel="budget violation rate",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from adactrl.devices import device_arg
@@ -76,7 +75,7 @@ def sweep_and_write(model, rows, output_dir, *, device: str = "cpu", plans=None,
     write_profile(records, output / "profile.parquet")
     summaries = summarize(records)
     frontier = {s.plan for s in pareto_frontier(summaries)}
-    table = [asdict(s) | {"pareto": s.plan in frontier} for s in summaries]
+    table = [s.to_dict() | {"pareto": s.plan in frontier} for s in summaries]
     (output / "summary.json").write_text(json.dumps(table, indent=2) + "\n")
     plot_pareto(summaries, output / "pareto.png")
     return records, summaries

@@ -14,7 +14,7 @@ from torch import nn
 from torch.distributions import Categorical
 
 from adactrl.controller.modules import BudgetEncoder, Stage1, Stage2
-from adactrl.knobs import KnobSpace
+from adactrl.knobs import Knobs, KnobSpace
 
 ACTION_COLUMNS: tuple[str, ...] = ("tier", "insertion", "top_k", "num_blocks")
 
@@ -237,10 +237,8 @@ def _check_indices(name: str, indices: torch.Tensor, size: int) -> None:
         raise ValueError(f"{name} indices must lie in [0, {size - 1}], got {indices.tolist()}")
 
 
-def actions_to_knobs(
-    knob_space: KnobSpace, actions: Sequence[int] | torch.Tensor
-) -> tuple[str, int, int, int]:
-    """One action row (4 indices) -> (tier, insertion, top_k, num_blocks) values."""
+def actions_to_knobs(knob_space: KnobSpace, actions: Sequence[int] | torch.Tensor) -> Knobs:
+    """One action row (4 indices) -> the knob values it chooses."""
     row = [int(a) for a in (actions.tolist() if isinstance(actions, torch.Tensor) else actions)]
     if len(row) != 4:
         raise ValueError(f"an action row has 4 indices ({', '.join(ACTION_COLUMNS)}), got {row}")
@@ -248,8 +246,7 @@ def actions_to_knobs(
     for name, index, values in zip(ACTION_COLUMNS, row, value_sets):
         if not 0 <= index < len(values):
             raise ValueError(f"{name} index {index} is outside [0, {len(values) - 1}] for {list(values)}")
-    tier, insertion, top_k, num_blocks = (values[i] for values, i in zip(value_sets, row))
-    return tier, insertion, top_k, num_blocks
+    return Knobs(*(values[i] for values, i in zip(value_sets, row)))
 
 
 def knobs_to_actions(

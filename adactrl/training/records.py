@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from adactrl.baselines.estimator import estimate_error_metrics
+from adactrl.knobs import Knobs
 from adactrl.metrics import LATENCY_ESTIMATE_ABS_ERROR_MS, LATENCY_ESTIMATE_ERROR_MS
 from adactrl.reward import Reward
 
@@ -135,23 +136,62 @@ class EvalRequest:
 
 @dataclass(frozen=True)
 class EvalRecord:
+    """One answer to one sample under one budget, scored: a validation run in training (the
+    controller, greedy) or one request of `adactrl evaluate` (any method)."""
+
     sample_id: int
+    """The sample's index in the worker's split in training; its question_id in `adactrl evaluate`."""
     budget_ms: float
-    actions: tuple[int, int, int, int]
+    knobs: Knobs
     accuracy: float
+    """The answer's score under its dataset's metric, in [0, 1] (adactrl.eval.answer_score)."""
     latency_ms: dict[str, float]
-    reward: Reward
-    policy_version: int
+    """Milliseconds per stage plus 'total', end to end (a baseline's choice time is in 'controller'
+    and 'total'); with --latency_mode estimated also ESTIMATED_TOTAL and MEASURED_TOTAL."""
     complexity: float = 0.0
     """As RolloutRecord.complexity: what `adactrl.reward.score` needs to re-score the record."""
+    reward: Reward | None = None
+    """The training reward (validation); None in `adactrl evaluate`, which judges accuracy when met."""
+    policy_version: int = -1
+    method: str = "controller"
+    """`adactrl evaluate`'s method name ("oracle", "static:low/ins1/k4/b12", ...)."""
+    kind: str = "controller"
+    """The method's kind (adactrl.evaluation.METHOD_KINDS)."""
+    family: str = ""
+    """The question's family: its dataset and, where the dataset has one, its question type."""
 
     @property
     def total_ms(self) -> float:
         return self.latency_ms["total"]
 
     @property
+    def controller_ms(self) -> float:
+        return self.latency_ms.get("controller", 0.0)
+
+    @property
+    def plan(self) -> str:
+        return self.knobs.name
+
+    @property
     def violated(self) -> bool:
-        return self.latency_ms["total"] > self.budget_ms
+        return self.total_ms > self.budget_ms
+
+    @property
+    def met(self) -> bool:
+        return not self.violated
+
+    @property
+    def accuracy_met(self) -> float:
+        """The accuracy users judge: the answer counts only when its budget was met."""
+        return self.accuracy * self.met
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat row for a CSV (requests.csv): the knobs and the stage times as columns."""
+        return {
+            "method": self.method, "kind": self.kind, "budget_ms": self.budget_ms, "question_id": self.sample_id,
+            "family": self.family, "plan": self.plan, **self.knobs._asdict(), "accuracy": self.accuracy,
+            "latency_ms": self.total_ms, "controller_ms": self.controller_ms, "complexity": self.complexity,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from adactrl.baselines.estimator import EstimatedLatency
 from adactrl.controller import Controller
 from adactrl.controller.adaptive import adaptive_infer
 from adactrl.data import load_vqa_dataset
-from adactrl.eval.vqa import vqa_score
+from adactrl.eval.scoring import AnswerScorer
 from adactrl.executor import InferenceResult, StaticPolicy, execute
 from adactrl.knobs import KnobSpace, Plan
 from adactrl.models.adapter import MoEVLM
@@ -59,6 +59,10 @@ class EstimatedRunLatency:
         return est["total"] + result.latency_ms["controller"]
 
 
+VQA_SCORER = AnswerScorer([], [])
+"""Scores VQA rows; a split with captions needs its own `AnswerScorer.for_split`."""
+
+
 class SampleError(ValueError):
     """A sample that cannot be used; the worker skips and counts it."""
 
@@ -69,6 +73,8 @@ class PreparedSample:
     image: Image.Image
     question: str
     answers: tuple[str, ...]
+    family: str = ""
+    """The row's family, which names its dataset and so its metric (adactrl.data.metric_for_family)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ def prepare_sample(dataset: Sequence[dict], index: int, model: MoEVLM) -> Prepar
         raise SampleError(f"sample {index}: {type(err).__name__}: {err}") from err
     if not answers or not any(a.strip() for a in answers):
         raise SampleError(f"sample {index}: no annotator answers to score against")
-    return PreparedSample(sample_id=index, image=image, question=question, answers=answers)
+    return PreparedSample(index, image, question, answers, str(row.get("family", "")))
 
 
 def run_controller_plan(
@@ -127,12 +133,14 @@ def run_controller_plan(
     latency_fn: LatencyFn = measured_latency,
     estimate_fn: LatencyFn | None = None,
     reward_on_estimate: bool = False,
+    scorer: AnswerScorer | None = None,
     max_new_tokens: int = 4,
     device: str = "cpu",
 ) -> PlanOutcome:
     """One adaptive inference (sampled, or greedy for validation), scored with the shared reward.
 
-    latency_fn gives the run's measured latency. With an `estimate_fn` the outcome's latency_ms
+    The answer is scored by `scorer` (the split's AnswerScorer; captions need one) or, without
+    one, by the VQA score. latency_fn gives the run's measured latency. With an `estimate_fn` the outcome's latency_ms
     keeps both (ESTIMATED_TOTAL, MEASURED_TOTAL), and the reward (and 'total') uses the estimate
     when `reward_on_estimate`, the measurement otherwise.
     """
@@ -146,7 +154,7 @@ def run_controller_plan(
         estimated = float(estimate_fn(out.result))
         latency |= {ESTIMATED_TOTAL: estimated, MEASURED_TOTAL: measured}
         latency["total"] = estimated if reward_on_estimate else measured
-    accuracy = vqa_score(out.result.answer, sample.answers)
+    accuracy = (scorer or VQA_SCORER)(out.result.answer, sample.answers, sample.family)
     complexity = plan_complexity(out.result.plan, model.knob_space)
     reward = compute_reward(accuracy, latency["total"], budget_ms, complexity, reward_config)
     return PlanOutcome(out.actions, out.log_prob, out.result, accuracy, latency, complexity, reward)

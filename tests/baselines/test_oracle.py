@@ -1,13 +1,18 @@
 import pytest
 
 from adactrl.baselines.oracle import LookupTableOracle
-from adactrl.knobs import KnobSpace
+from adactrl.knobs import Knobs, KnobSpace
 from adactrl.profiling import PlanSummary, pareto_frontier, write_profile
 from tests.baselines.helpers import record
 
 
 def summary(name: str, tier: str, top_k: int, num_blocks: int, acc: float, median: float, p95: float) -> PlanSummary:
-    return PlanSummary(name, tier, top_k, num_blocks, acc, median, p95, {})
+    """A plan labelled by `name` (NAMES maps its plan name back to the label)."""
+    NAMES[Knobs(tier, 1, top_k, num_blocks).name] = name
+    return PlanSummary(Knobs(tier, 1, top_k, num_blocks), acc, median, p95, {})
+
+
+NAMES: dict[str, str] = {}
 
 
 # name        median  p95   accuracy
@@ -27,7 +32,7 @@ TABLE = [
 
 def test_pareto_frontier_of_hand_table():
     # By median latency: A(10, .30) -> B(20, .50) -> C(25, .45) is worse -> E(35, .70) -> D(40, .80).
-    assert [s.plan for s in pareto_frontier(TABLE)] == ["A", "B", "E", "D"]
+    assert [NAMES[s.plan] for s in pareto_frontier(TABLE)] == ["A", "B", "E", "D"]
 
 
 @pytest.mark.parametrize(
@@ -36,29 +41,29 @@ def test_pareto_frontier_of_hand_table():
 )
 def test_choice_per_budget_p95(budget, plan):
     choice = LookupTableOracle.from_summaries(TABLE).choose(budget)  # p95 is the default
-    assert (choice.plan, choice.feasible) == (plan, True)
+    assert (NAMES[choice.plan], choice.feasible) == (plan, True)
 
 
 @pytest.mark.parametrize(
     ("budget", "plan"), [(10.0, "A"), (19.0, "A"), (20.0, "B"), (25.0, "B"), (35.0, "E"), (40.0, "D")]
 )
 def test_choice_per_budget_median(budget, plan):
-    assert LookupTableOracle.from_summaries(TABLE, "median").choose(budget).plan == plan
+    assert NAMES[LookupTableOracle.from_summaries(TABLE, "median").choose(budget).plan] == plan
 
 
 def test_below_the_cheapest_plan_returns_it_flagged():
     choice = LookupTableOracle.from_summaries(TABLE).choose(5.0)
-    assert (choice.plan, choice.feasible, choice.latency_ms) == ("A", False, 12.0)
+    assert (NAMES[choice.plan], choice.feasible, choice.latency_ms) == ("A", False, 12.0)
 
 
 def test_equal_accuracy_goes_to_the_cheaper_plan():
-    tied = [summary("slow", "high", 8, 16, 0.5, 30, 30), summary("fast", "low", 4, 12, 0.5, 10, 10)]
-    assert LookupTableOracle.from_summaries(tied).choose(100.0).plan == "fast"
+    tied = [summary("slow", "high", 6, 14, 0.5, 30, 30), summary("fast", "low", 6, 14, 0.5, 10, 10)]
+    assert NAMES[LookupTableOracle.from_summaries(tied).choose(100.0).plan] == "fast"
 
 
 def test_lookup_table_and_range():
     oracle = LookupTableOracle.from_summaries(TABLE)
-    assert [(b, c.plan) for b, c in oracle.table()] == [(12.0, "A"), (28.0, "C"), (30.0, "B"), (45.0, "D")]
+    assert [(b, NAMES[c.plan]) for b, c in oracle.table()] == [(12.0, "A"), (28.0, "C"), (30.0, "B"), (45.0, "D")]
     assert oracle.budget_range("median") == (10.0, 40.0)
     assert oracle.budget_range("p95") == (12.0, 50.0)
 
@@ -101,5 +106,5 @@ def test_bad_tables(tmp_path):
 
 def test_table_for_another_knob_space_is_refused():
     small = KnobSpace.from_model(8, 4)  # top_k 2..4, blocks 6..8
-    with pytest.raises(ValueError, match=r"plan A has num_blocks=12.*\[6, 7, 8\]"):
+    with pytest.raises(ValueError, match=r"plan low/ins1/k4/b12 has num_blocks=12.*\[6, 7, 8\]"):
         LookupTableOracle.from_summaries(TABLE).check_knob_space(small)

@@ -12,15 +12,15 @@ from adactrl.baselines.supervised import (
     save_supervised,
     train_supervised,
 )
-from adactrl.knobs import KnobSpace
+from adactrl.knobs import Knobs, KnobSpace
 from adactrl.profiling import PlanSummary
 
 SPACE = KnobSpace.from_model(16, 8)
 # Three plans, each the best from its latency on: low < 20 ms <= medium < 40 ms <= high.
 TOY = LookupTableOracle.from_summaries([
-    PlanSummary("low/ins1/k4/b12", "low", 4, 12, 0.3, 10.0, 10.0, {}),
-    PlanSummary("medium/ins1/k6/b14", "medium", 6, 14, 0.6, 20.0, 20.0, {}),
-    PlanSummary("high/ins1/k8/b16", "high", 8, 16, 0.9, 40.0, 40.0, {}),
+    PlanSummary(Knobs("low", 1, 4, 12), 0.3, 10.0, 10.0, {}),
+    PlanSummary(Knobs("medium", 1, 6, 14), 0.6, 20.0, 20.0, {}),
+    PlanSummary(Knobs("high", 1, 8, 16), 0.9, 40.0, 40.0, {}),
 ])  # fmt: skip
 FAST = SupervisedConfig(hidden=32, num_train_budgets=256, num_val_budgets=128, steps=300, lr=1e-2)
 

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from adactrl.cli import main
 from adactrl.commands.tune import base_args, trial_config
+from adactrl.knobs import Knobs
 from adactrl.reward import RewardConfig, compute_reward
 from adactrl.training.config import TrainConfig
 from adactrl.training.records import EvalRecord
@@ -105,7 +106,7 @@ def test_a_trial_no_node_can_hold_fails_before_tune_starts(ray_local):
 
 def eval_record(accuracy: float, latency_ms: float, budget_ms: float, config: RewardConfig) -> EvalRecord:
     reward = compute_reward(accuracy, latency_ms, budget_ms, 0.5, config)
-    return EvalRecord(0, budget_ms, (0, 0, 0, 0), accuracy, {"total": latency_ms}, reward, 1, complexity=0.5)
+    return EvalRecord(0, budget_ms, Knobs("low", 1, 4, 12), accuracy, {"total": latency_ms}, 0.5, reward, 1)
 
 
 def test_reference_reward_rescores_a_trial_with_the_base_coefficients():

@@ -86,7 +86,7 @@ def test_bad_samples_are_skipped_and_counted_not_scored(worker, monkeypatch):
 def test_greedy_evaluation_is_deterministic_and_weights_round_trip(worker):
     req = EvalRequest(sample_indices=(0, 1), budgets_ms=(4.0, 9.0), policy_version=0)
     a, b = worker.evaluate(req), worker.evaluate(req)
-    assert len(a.records) == 4 and [r.actions for r in a.records] == [r.actions for r in b.records]
+    assert len(a.records) == 4 and [r.knobs for r in a.records] == [r.knobs for r in b.records]
     held = worker.current_weights()
     assert held.version == 0
     assert all(torch.equal(v, worker.controller.state_dict()[k]) for k, v in held.state.items())
