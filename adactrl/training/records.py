@@ -22,6 +22,11 @@ ESTIMATED_TOTAL = "estimated_total"
 """--latency_mode estimated: the estimated latency of a run (the estimator's stages plus the measured
 controller time), kept in a record's `latency_ms` beside MEASURED_TOTAL whichever one is 'total'."""
 MEASURED_TOTAL = "measured_total"
+COMPOSED_TOTAL = "composed_total"
+"""Shared-stage rollouts (docs/shared-rollouts.md), on the plans `composition_check_every` picks: the
+plan's total composed from its measured stages, kept beside CHECKED_TOTAL."""
+CHECKED_TOTAL = "checked_total"
+"""The same plan's total measured end to end in a run of its own (the composition check)."""
 
 
 @dataclass(frozen=True)
@@ -40,10 +45,20 @@ class RolloutRequest:
     """The version the worker must hold when it runs this request."""
     seed: int
     """Seeds the plan sampling, so a re-issued or resumed request samples the same plans."""
+    rollout_mode: str = "shared"
+    """"shared": a sample's plans, across its budgets, run their shared stages once and each plan's
+    latency is composed from measured stages (docs/shared-rollouts.md); "per_plan": each plan runs
+    end to end. Both sample the same plans from the same seed."""
+    composition_check_every: int = 0
+    """Shared mode: every this-many-th plan also runs end to end (COMPOSED_TOTAL beside CHECKED_TOTAL); 0: none."""
 
     def __post_init__(self) -> None:
         if len(self.sample_indices) != len(self.budgets_ms):
             raise ValueError("a rollout request needs one budget per sample index")
+        if self.rollout_mode not in ("shared", "per_plan"):
+            raise ValueError(f"rollout_mode must be 'shared' or 'per_plan', got {self.rollout_mode!r}")
+        if self.composition_check_every < 0:
+            raise ValueError(f"composition_check_every must be >= 0, got {self.composition_check_every}")
 
 
 @dataclass(frozen=True)
