@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from adactrl.controller import Controller
+from adactrl.controller.adaptive import AdaptiveResult, adaptive_infer, adaptive_infer_group
 from adactrl.eval.scoring import AnswerScorer
 from adactrl.models import load_model as load_frozen_model
 from adactrl.models.adapter import MoEVLM
@@ -22,6 +23,8 @@ from adactrl.models.importance import load_importance_scores
 from adactrl.profiling import SweepRecord, sweep
 from adactrl.training.config import WorkerConfig
 from adactrl.training.records import (
+    CHECKED_TOTAL,
+    COMPOSED_TOTAL,
     CalibrationResult,
     EvalBatch,
     EvalRecord,
@@ -35,13 +38,16 @@ from adactrl.training.records import (
 from adactrl.training.rollout import (
     EstimatedRunLatency,
     LatencyFn,
+    PlanOutcome,
     PreparedSample,
     SampleError,
     load_split,
     measured_latency,
     prepare_sample,
+    request_overhead_ms,
     run_controller_plan,
     run_static_plan,
+    score_outcome,
 )
 
 WARMUP_RUNS = 2
@@ -93,6 +99,8 @@ class RolloutWorker:
         self.controller = Controller(config.controller, self.model.knob_space).to(self.device).eval()
         self.version = -1
         """No weights yet: the driver sends the learner's before the first request."""
+        self.overhead_ms: float | None = None
+        """The request overhead added to each shared-stage plan: measured before the first such request."""
         data = config.data
         self.splits = {
             "train": load_split(data.dataset_names, "train", data.num_train_samples, data.seed, data_dir=data.data_dir),
@@ -123,35 +131,82 @@ class RolloutWorker:
         return WeightsRef(self.version, {k: v.detach().cpu().clone() for k, v in self.controller.state_dict().items()})
 
     def rollout(self, request: RolloutRequest) -> RolloutBatch:
-        """group_size sampled plans per (sample, budget) pair, each run, measured and scored."""
+        """group_size sampled plans per (sample, budget) pair, each run, measured and scored.
+
+        Each plan samples with its own generator, seeded by (request seed, entry, position in its
+        group), so both rollout modes run the same plans. "shared" runs all of a sample's plans,
+        across its budgets, through the shared-stage path (docs/shared-rollouts.md); "per_plan"
+        runs each from scratch."""
         self._check_version(request.policy_version)
         began = time.perf_counter()
-        generator = torch.Generator(device=self.device).manual_seed(request.seed)
         records, skipped = [], []
-        for index, budget in zip(request.sample_indices, request.budgets_ms):
+        for index, entries in _entries_by_sample(request.sample_indices):
             sample = self._prepare("train", index, skipped)
             if sample is None:
                 continue
-            for _ in range(request.group_size):
-                out = run_controller_plan(
-                    self.model, self.controller, sample, budget, greedy=False, generator=generator,
-                    reward_config=self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
-                    reward_on_estimate=True, scorer=self.scorers["train"], max_new_tokens=self.config.max_new_tokens,
-                    device=self.device,
+            plans = [(request.budgets_ms[e], self._plan_generator(request.seed, e, g))
+                     for e in entries for g in range(request.group_size)]  # fmt: skip
+            if request.rollout_mode == "shared":
+                outcomes = self._run_shared(sample, plans, request, first=len(records))
+            else:
+                outcomes = [self._run_sampled(sample, budget, generator) for budget, generator in plans]
+            records.extend(
+                RolloutRecord(
+                    sample_id=index, budget_ms=budget, actions=out.actions, old_logp=out.log_prob,
+                    language_feature=out.result.language_feature.float().cpu().numpy(),
+                    latency_token=out.result.latency_token.float().cpu().numpy(),
+                    accuracy=out.accuracy, latency_ms=out.latency_ms, reward=out.reward,
+                    policy_version=self.version, worker_index=self.worker_index, complexity=out.complexity,
                 )  # fmt: skip
-                records.append(
-                    RolloutRecord(
-                        sample_id=index, budget_ms=budget, actions=out.actions, old_logp=out.log_prob,
-                        language_feature=out.result.language_feature.float().cpu().numpy(),
-                        latency_token=out.result.latency_token.float().cpu().numpy(),
-                        accuracy=out.accuracy, latency_ms=out.latency_ms, reward=out.reward,
-                        policy_version=self.version, worker_index=self.worker_index, complexity=out.complexity,
-                    )  # fmt: skip
-                )
+                for (budget, _), out in zip(plans, outcomes)
+            )
         return RolloutBatch(
             epoch=request.epoch, request_id=request.request_id, records=tuple(records), skipped=tuple(skipped),
             policy_version=self.version, worker_index=self.worker_index, rollout_s=time.perf_counter() - began,
         )  # fmt: skip
+
+    def _plan_generator(self, seed: int, entry: int, position: int) -> torch.Generator:
+        plan_seed = int(np.random.SeedSequence([seed, entry, position]).generate_state(1)[0])
+        return torch.Generator(device=self.device).manual_seed(plan_seed)
+
+    def _run_sampled(self, sample: PreparedSample, budget: float, generator: torch.Generator) -> PlanOutcome:
+        """One sampled plan run end to end."""
+        out = adaptive_infer(self.model, self.controller, sample.image, sample.question, budget, greedy=False,
+                             generator=generator, max_new_tokens=self.config.max_new_tokens, device=self.device)  # fmt: skip
+        return self._score(sample, out)
+
+    def _score(self, sample: PreparedSample, out: AdaptiveResult) -> PlanOutcome:
+        """A training run scored: the reward on the estimate in estimated mode, else the measurement."""
+        return score_outcome(self.model, sample, out, self.config.reward, latency_fn=self.latency_fn,
+                             estimate_fn=self.estimate_fn, reward_on_estimate=True, scorer=self.scorers["train"])  # fmt: skip
+
+    def _run_shared(
+        self, sample: PreparedSample, plans: list[tuple[float, torch.Generator]], request: RolloutRequest, first: int
+    ) -> list[PlanOutcome]:
+        """A sample's plans through the shared-stage path. With `composition_check_every` N, the
+        request's plans numbered n (from `first`) with (n + request_id) % N == 0 also run end to end
+        from a generator seeded alike: the record keeps that run's total (CHECKED_TOTAL) beside the
+        composed one (COMPOSED_TOTAL)."""
+        if self.overhead_ms is None:
+            self.overhead_ms = request_overhead_ms(self.model, sample, max_new_tokens=self.config.max_new_tokens,
+                                                   device=self.device)  # fmt: skip
+        seeds = [generator.initial_seed() for _, generator in plans]
+        outs = adaptive_infer_group(
+            self.model, self.controller, sample.image, sample.question, plans, overhead_ms=self.overhead_ms,
+            max_new_tokens=self.config.max_new_tokens, device=self.device,
+        )  # fmt: skip
+        outcomes = [self._score(sample, out) for out in outs]
+        every = request.composition_check_every
+        for n, ((budget, _), seed, out) in enumerate(zip(plans, seeds, outcomes), start=first):
+            if every and (n + request.request_id) % every == 0:
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+                alone = self._run_sampled(sample, budget, generator)
+                if alone.actions != out.actions:
+                    raise RuntimeError(f"sample {sample.sample_id}: the end-to-end check sampled {alone.actions} "
+                                       f"where the shared path sampled {out.actions} from the same seed")  # fmt: skip
+                out.latency_ms[COMPOSED_TOTAL] = out.result.total_ms
+                out.latency_ms[CHECKED_TOTAL] = alone.result.total_ms
+        return outcomes
 
     def rollout_with_receipt(
         self, request: RolloutRequest, version: int | None = None, state: dict[str, torch.Tensor] | None = None
@@ -245,3 +300,12 @@ class RolloutWorker:
         except SampleError as err:
             skipped.append(SkippedSample(index, str(err)))
             return None
+
+
+def _entries_by_sample(sample_indices: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+    """(sample index, the request's entries for it) in order of first appearance: a sample's budgets
+    come together, so the shared-stage path serves them all from one prefix."""
+    entries: dict[int, list[int]] = {}
+    for entry, index in enumerate(sample_indices):
+        entries.setdefault(index, []).append(entry)
+    return list(entries.items())

@@ -7,6 +7,7 @@ or a benchmark calls them directly.
 from __future__ import annotations
 
 import os
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from adactrl.baselines.estimator import EstimatedLatency
 from adactrl.controller import Controller
-from adactrl.controller.adaptive import adaptive_infer
+from adactrl.controller.adaptive import AdaptiveResult, adaptive_infer
 from adactrl.data import load_vqa_dataset
 from adactrl.eval.scoring import AnswerScorer
 from adactrl.executor import InferenceResult, StaticPolicy, execute
@@ -148,6 +149,23 @@ def run_controller_plan(
         model, controller, sample.image, sample.question, budget_ms,
         greedy=greedy, generator=generator, max_new_tokens=max_new_tokens, device=device,
     )  # fmt: skip
+    return score_outcome(model, sample, out, reward_config, latency_fn=latency_fn, estimate_fn=estimate_fn,
+                         reward_on_estimate=reward_on_estimate, scorer=scorer)  # fmt: skip
+
+
+def score_outcome(
+    model: MoEVLM,
+    sample: PreparedSample,
+    out: AdaptiveResult,
+    reward_config: RewardConfig,
+    *,
+    latency_fn: LatencyFn = measured_latency,
+    estimate_fn: LatencyFn | None = None,
+    reward_on_estimate: bool = False,
+    scorer: AnswerScorer | None = None,
+) -> PlanOutcome:
+    """A run's answer scored and its reward computed, on the latency `run_controller_plan` describes
+    (the worker scores shared-stage runs, `adaptive_infer_group`'s, with it too)."""
     measured = float(latency_fn(out.result))
     latency = dict(out.result.latency_ms) | {"total": measured}
     if estimate_fn is not None:
@@ -156,8 +174,20 @@ def run_controller_plan(
         latency["total"] = estimated if reward_on_estimate else measured
     accuracy = (scorer or VQA_SCORER)(out.result.answer, sample.answers, sample.family)
     complexity = plan_complexity(out.result.plan, model.knob_space)
-    reward = compute_reward(accuracy, latency["total"], budget_ms, complexity, reward_config)
+    reward = compute_reward(accuracy, latency["total"], out.budget_ms, complexity, reward_config)
     return PlanOutcome(out.actions, out.log_prob, out.result, accuracy, latency, complexity, reward)
+
+
+def request_overhead_ms(
+    model: MoEVLM, sample: PreparedSample, *, runs: int = 3, max_new_tokens: int = 4, device: str = "cpu"
+) -> float:
+    """The bookkeeping between an end-to-end run's timed stages (`InferenceResult.overhead_ms`), the
+    median over `runs` runs of the full static plan after one warm-up: what the shared-stage path
+    adds to each plan's composed total."""
+    policy = StaticPolicy(model.knob_space.full_plan(model.importance))
+    runs_ms = [execute(model, sample.image, sample.question, policy, max_new_tokens=max_new_tokens,
+                       device=device).overhead_ms for _ in range(runs + 1)]  # fmt: skip
+    return statistics.median(runs_ms[1:])
 
 
 def run_static_plan(

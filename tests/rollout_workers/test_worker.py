@@ -10,7 +10,7 @@ from adactrl.data import VQA_FEATURES
 from adactrl.knobs import KnobSpace
 from adactrl.reward import RewardConfig
 from adactrl.training.config import DataConfig, WorkerConfig
-from adactrl.training.records import EvalRequest, RolloutRequest
+from adactrl.training.records import CHECKED_TOTAL, COMPOSED_TOTAL, EvalRequest, RolloutRequest
 from rollout_workers import RolloutWorker, load_model
 from tests.training.helpers import cost_latency
 
@@ -98,3 +98,35 @@ def test_calibration_measures_cheapest_and_full_plans(worker):
     assert len(result.cheapest_ms) == len(result.full_ms) == 2
     assert max(result.cheapest_ms) < min(result.full_ms)
     assert worker.split_sizes() == {"train": 4, "validation": 2}
+
+
+def test_shared_and_per_plan_modes_run_the_same_plans_with_the_same_results(worker):
+    # sample 0 under two budgets (shared mode serves both from one prefix), sample 1 under one
+    req = dict(sample_indices=(0, 0, 1), budgets_ms=(5.0, 8.0, 6.0), group_size=3, seed=41)
+    shared = worker.rollout(request(**req, rollout_mode="shared")).records
+    alone = worker.rollout(request(**req, rollout_mode="per_plan")).records
+    assert len(shared) == len(alone) == 9
+    for s, a in zip(shared, alone):
+        assert (s.sample_id, s.budget_ms, s.actions, s.old_logp) == (a.sample_id, a.budget_ms, a.actions, a.old_logp)
+        assert s.accuracy == a.accuracy and s.complexity == a.complexity
+        assert np.array_equal(s.language_feature, a.language_feature) and np.array_equal(s.latency_token, a.latency_token)
+        assert s.total_ms == a.total_ms  # cost_latency: a function of the plan and the token counts
+    assert len({r.actions for r in shared}) > 1
+    assert worker.overhead_ms is not None and worker.overhead_ms == worker.overhead_ms  # measured, not NaN
+
+
+@pytest.mark.parametrize(("every", "checked"), [(0, 0), (1, 6), (2, 3), (4, 1)])
+def test_composition_check_runs_every_nth_plan_end_to_end(worker, every, checked):
+    batch = worker.rollout(request(composition_check_every=every, request_id=1))
+    marked = [r for r in batch.records if COMPOSED_TOTAL in r.latency_ms]
+    # plans n = 0..5 of request 1: checked where (n + 1) % every == 0
+    assert len(marked) == checked
+    assert all(CHECKED_TOTAL in r.latency_ms for r in marked)
+    assert all(r.latency_ms[COMPOSED_TOTAL] > 0 and r.latency_ms[CHECKED_TOTAL] > 0 for r in marked)
+
+
+def test_a_request_with_an_unknown_mode_or_a_negative_check_is_refused():
+    with pytest.raises(ValueError, match="rollout_mode must be 'shared' or 'per_plan'"):
+        request(rollout_mode="batched")
+    with pytest.raises(ValueError, match="composition_check_every must be >= 0"):
+        request(composition_check_every=-1)
