@@ -124,7 +124,9 @@ class BudgetedAnswerer:
             torch.set_num_threads(int(threads))
         self._warm = self.args.warmup == 0
 
-    def answer(self, image: Any, prompt: str, *, until: Sequence[str] = (), max_new_tokens: int | None = None) -> BudgetedAnswer:
+    def answer(
+        self, image: Any, prompt: str, *, until: Sequence[str] = (), max_new_tokens: int | None = None
+    ) -> BudgetedAnswer:
         """One greedy adaptive inference at the budget, timed; the first request is run `warmup` times untimed first."""
         from adactrl.controller.adaptive import adaptive_infer
         from adactrl.models.preprocessing import to_rgb

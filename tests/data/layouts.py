@@ -79,7 +79,7 @@ def _row(name: str, split: str, i: int, image: dict) -> dict:
     answers = list(ANSWERS[i]) if annotated else None
     qid = 1000 + i
     if name == "text_vqa":
-        return {"image_id": f"{i:016x}", "question_id": qid, "question": f"what does sign {i} say?",
+        return {"image_id": f"{i:016x}", "question_id": qid, "question": f"What does sign {i} say?",
                 "question_tokens": ["what", "does"], "image": image, "image_width": 12, "image_height": 10,
                 "flickr_original_url": "", "flickr_300k_url": "", "answers": answers or [],
                 "image_classes": ["Sign"], "set_name": split, "ocr_tokens": ["stop"]}  # fmt: skip

@@ -94,3 +94,57 @@ def test_a_document_without_exactly_one_image_is_refused(tmp_path, molmoe):
     two = SimpleNamespace(args=("q", {}, lambda doc: [doc["image"], doc["image"]], 0, TASK, "validation"))
     with pytest.raises(ValueError, match=f"task {TASK}: document 0 has 2 images; .* exactly one image"):
         answerer.generate_until([two], {TASK: {"validation": dataset}})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lmms_eval") is None,
+                    reason="lmms-eval is not installed (pip install 'adactrl[lmms]'); the tests above need none")
+def test_a_fixture_task_through_lmms_eval_agrees_with_adactrl(tmp_path, molmoe):
+    """lmms-eval's registry finds `--model adactrl` by its entry point, loads a TextVQA fixture
+    with its own textvqa task definition and scores with its own VQA metric. Asked as `adactrl
+    evaluate` asks (the question alone), it gets the answers and the per-question scores of
+    adactrl's evaluation path at the same budget; row 0's annotators give the model's own answer,
+    so the scores are not all 0."""
+    import lmms_eval
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    from adactrl.data import read_rows
+    from adactrl.evaluation import controller_method, run_requests
+    from tests.data.layouts import SCHEMAS, rows
+
+    budget, data = 150.0, write_hub_repo(tmp_path / "textvqa", "text_vqa")
+    answerer = BudgetedAnswerer(LmmsArgs(budget_ms=budget, model_path=molmoe, max_new_tokens=3, warmup=0))
+    validation = rows("text_vqa", "validation")
+    image = load_vqa_dataset("text_vqa", "validation", 3, seed=0, data_dir=data).filter(lambda r: r["question_id"] == 1000)
+    own = answerer.answer(image[0]["image"], validation["question"][0], until=["ASSISTANT:"]).text
+    validation["answers"][0] = [own] * 10
+    pq.write_table(pa.Table.from_pydict(validation, schema=SCHEMAS["text_vqa"].arrow_schema),
+                   data / "data" / "validation-00000-of-00001.parquet")  # fmt: skip
+    template = f"{lmms_eval.__path__[0]}/tasks/textvqa/_default_template_textvqa_yaml"
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / f"{TASK}.yaml").write_text(
+        f"include: {template}\ntask: {TASK}\ndataset_path: {data}\ntest_split: validation\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+        "lmms_eval_specific_kwargs:\n  adactrl:\n    pre_prompt: ''\n    post_prompt: ''\n    ocr: false\n"
+    )
+    out = evaluator.simple_evaluate(
+        model="adactrl", model_args=f"model_path={molmoe},budget_ms={budget},max_new_tokens=3,warmup=0",
+        tasks=[TASK], task_manager=TaskManager(include_path=str(tmp_path / "tasks"), model_name="adactrl"),
+        batch_size=1, device="cpu",
+    )  # fmt: skip
+    samples = sorted(out["samples"][TASK], key=lambda s: s["doc_id"])
+    lmms_answers = [s["filtered_resps"][0] if isinstance(s["filtered_resps"], list) else s["filtered_resps"]
+                    for s in samples]  # fmt: skip
+    lmms_scores = [s["exact_match"] for s in samples]
+
+    dataset = load_vqa_dataset("text_vqa", "validation", 3, seed=0, data_dir=data)
+    by_id = {row["question_id"]: row for row in read_rows(dataset)[0]}
+    ordered = [by_id[1000 + i] for i in range(3)]
+    direct = [answerer.answer(r["image"], r["question"], until=["ASSISTANT:"]).text for r in ordered]
+    records = run_requests(answerer.model, [controller_method(answerer.controller)], ordered, [budget],
+                           max_new_tokens=3, warmup=0)  # fmt: skip
+    assert lmms_answers == direct and direct[0] == own
+    assert lmms_scores == [r.accuracy for r in records] and lmms_scores[0] == 1.0
+    assert out["results"][TASK]["exact_match,none"] == pytest.approx(sum(lmms_scores) / 3)
