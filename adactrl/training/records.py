@@ -86,6 +86,8 @@ class RolloutRecord:
     complexity: float = 0.0
     """The plan's share of the full plan's compute (`adactrl.reward.plan_complexity`), so that
     `adactrl.reward.score` can re-score the record under any reward coefficients."""
+    family: str = ""
+    """The sample's family, which names its dataset: metrics of a mix are also logged per dataset."""
 
     @property
     def total_ms(self) -> float:
