@@ -157,6 +157,7 @@ class RolloutWorker:
                     latency_token=out.result.latency_token.float().cpu().numpy(),
                     accuracy=out.accuracy, latency_ms=out.latency_ms, reward=out.reward,
                     policy_version=self.version, worker_index=self.worker_index, complexity=out.complexity,
+                    family=sample.family,
                 )  # fmt: skip
                 for (budget, _), out in zip(plans, outcomes)
             )

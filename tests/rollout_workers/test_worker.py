@@ -109,6 +109,7 @@ def test_shared_and_per_plan_modes_run_the_same_plans_with_the_same_results(work
     for s, a in zip(shared, alone):
         assert (s.sample_id, s.budget_ms, s.actions, s.old_logp) == (a.sample_id, a.budget_ms, a.actions, a.old_logp)
         assert s.accuracy == a.accuracy and s.complexity == a.complexity
+        assert s.family == a.family == worker.splits["train"][s.sample_id]["family"] != ""
         assert np.array_equal(s.language_feature, a.language_feature) and np.array_equal(s.latency_token, a.latency_token)
         assert s.total_ms == a.total_ms  # cost_latency: a function of the plan and the token counts
     assert len({r.actions for r in shared}) > 1
