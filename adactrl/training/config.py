@@ -21,6 +21,8 @@ ADVANTAGE_SCALES: tuple[str, ...] = ("group", "batch", "none")
 """How the learner scales rewards centred on their group's mean: by the group's std (GRPO), by
 one std over the whole batch, or not at all (mean-centring only, as in Dr. GRPO)."""
 LATENCY_MODES: tuple[str, ...] = ("measured", "estimated")
+ALGORITHMS: tuple[str, ...] = ("grpo", "ppo")
+"""The trainers of `adactrl train --algorithm`: the product's GRPO, or RLlib's PPO as a baseline (docs/ppo.md)."""
 ESTIMATOR_HINT = (
     "run `adactrl baselines --profile PROFILE --model_path MODEL` on a profile of the model to train one "
     "(it writes latency_estimator.pt)"
@@ -190,6 +192,13 @@ class TrainConfig:
     """CPUs of each rollout worker's placement-group bundle (its torch threads: this, rounded down, at least 1)."""
     learner_cpus: float = 1.0
     """CPUs of the learner actor's bundle (the learner takes a GPU where the cluster has one beyond the workers')."""
+    algorithm: str = "grpo"
+    """`ALGORITHMS`: "grpo" trains the controller as designed; "ppo" trains the same controller with RLlib's
+    PPO and a value baseline on the same episodes, a reference point (docs/ppo.md)."""
+    max_model_runs: int | None = None
+    """Stop training after this many training model runs (sampled plans run and scored; validation runs do
+    not count), rounded up to whole learner steps; None: num_epochs decides. Both algorithms honour it, so
+    they compare at an equal rollout budget."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -229,6 +238,12 @@ class TrainConfig:
                              "drop --latency_estimator")  # fmt: skip
         if self.latency_estimator is not None and not Path(self.latency_estimator).is_file():
             raise FileNotFoundError(f"--latency_estimator {self.latency_estimator} is not a file: {ESTIMATOR_HINT}")
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.max_model_runs is not None and self.max_model_runs < 1:
+            raise ValueError(f"max_model_runs must be >= 1 (or unset: --num_epochs decides), got {self.max_model_runs}")
+        if self.algorithm == "ppo":
+            _check_ppo(self)
         for name in ("model_path", "importance_scores_file", "load_checkpoint"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
@@ -241,6 +256,22 @@ class TrainConfig:
     def to_params(self) -> dict[str, str | int | float | bool | None]:
         """Flat parameters for MLflow: nested configs become dotted keys."""
         return _flatten(asdict(self))
+
+
+def _check_ppo(config: TrainConfig) -> None:
+    """Refuse GRPO-only settings with --algorithm ppo, naming each, rather than ignore them."""
+    learner, defaults = config.learner, LearnerConfig()
+    refused = {
+        "--resume (a PPO run does not resume; start it again)": config.resume,
+        "--latency_mode estimated": config.latency_mode != "measured",
+        "--stage1_lr_ratio": learner.stage1_lr_ratio != defaults.stage1_lr_ratio,
+        "--train_budget_encoder": learner.train_budget_encoder,
+        "--loss pairwise": learner.loss.loss != "grpo",
+        "--advantage_scale (PPO standardises its GAE advantages)": learner.loss.advantage_scale != "none",
+    }  # fmt: skip
+    named = [flag for flag, used in refused.items() if used]
+    if named:
+        raise ValueError(f"--algorithm ppo does not take {', '.join(named)}; drop them or use --algorithm grpo")
 
 
 def _default_reward() -> RewardConfig:
