@@ -253,6 +253,8 @@ class Trainer:
         total = self.config.num_epochs * self.requests_per_epoch
         with tqdm(total=total, initial=self.state.step, desc="train", unit="batch", dynamic_ncols=True) as bar:
             for epoch in range(self.state.epoch + 1, self.config.num_epochs + 1):
+                if self._runs_left(epoch) <= 0:
+                    break  # --max_model_runs reached
                 while True:
                     try:
                         metrics = self._run_epoch(epoch, bar)
@@ -276,6 +278,11 @@ class Trainer:
         order = np.random.default_rng([self.config.seed, epoch]).permutation(self.n_train)
         size = self.config.batch_size
         chunks = [tuple(int(i) for i in order[k : k + size]) for k in range(0, self.n_train, size)]
+        runs_left, kept = self._runs_left(epoch), 0
+        while kept < len(chunks) and runs_left > 0:  # --max_model_runs: the epoch's requests up to the cap
+            runs_left -= len(chunks[kept]) * self.config.budgets_per_sample * self.config.group_size
+            kept += 1
+        chunks = chunks[:kept]
         start = self.weights
         after: dict[int, WeightsRef] = {}
         """request_id -> the weights published after its update (kept while a request may need them)."""
@@ -306,6 +313,14 @@ class Trainer:
             errors.add(event.metrics)
             self._record_update(epoch, event, worker_of[applied], bar)
         return errors.result()
+
+    def _runs_left(self, epoch: int) -> float:
+        """Training model runs `--max_model_runs` leaves for `epoch` and the epochs after it (every epoch
+        before it ran in full: n_train samples x budgets_per_sample x group_size plans); inf without a cap."""
+        if self.config.max_model_runs is None:
+            return math.inf
+        per_epoch = self.n_train * self.config.budgets_per_sample * self.config.group_size
+        return self.config.max_model_runs - (epoch - 1) * per_epoch
 
     def _record_update(self, epoch: int, event: Updated, worker: int, bar: tqdm) -> None:
         self.state.step += 1
