@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 from adactrl.training.config import (
     ADVANTAGE_SCALES,
+    ALGORITHMS,
     LATENCY_MODES,
     LOSSES,
     DataConfig,
@@ -59,6 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--oracle_samples", type=int, default=_T.oracle_samples,
                      help="validation samples swept with every static plan for the oracle (0 skips it)")
     run.add_argument("--max_new_tokens", type=int, default=_T.max_new_tokens)
+    run.add_argument("--max_model_runs", type=int, default=None, metavar="N",
+                     help="stop training after N training model runs (rounded up to whole learner steps), to "
+                          "compare algorithms at an equal rollout budget; unset, --num_epochs decides")
     run.add_argument("--worker_cpus", type=float, default=_T.worker_cpus,
                      help="CPUs reserved per rollout worker (its torch threads); 0.5 lets two share a core")
     run.add_argument("--learner_cpus", type=float, default=_T.learner_cpus,
@@ -70,6 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="latency_estimator.pt from `adactrl baselines`, for --latency_mode estimated")
 
     learn = p.add_argument_group("learner")
+    learn.add_argument("--algorithm", choices=ALGORITHMS, default=_T.algorithm,
+                       help="grpo, or ppo: RLlib's PPO with a value baseline on the same rollouts (docs/ppo.md)")
     learn.add_argument("--lr", type=float, default=_L.lr)
     learn.add_argument("--stage1_lr_ratio", type=float, default=_L.stage1_lr_ratio)
     learn.add_argument("--train_budget_encoder", action="store_true", help="train the budget MLP (frozen by default)")
@@ -144,6 +150,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         mlflow_tracking_uri=resolve_tracking_uri(args.mlflow_tracking_uri),
         mlflow_experiment=resolve_experiment(args.mlflow_experiment, _T.mlflow_experiment),
         ray_address=args.ray_address,
+        algorithm=args.algorithm,
+        max_model_runs=args.max_model_runs,
     )
 
 
