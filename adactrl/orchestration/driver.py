@@ -47,10 +47,12 @@ log = logging.getLogger("adactrl.train")
 SUMMARY_FILE = "summary.json"
 NOT_TRAINING_SETTINGS = frozenset({
     "output_dir", "resume", "allow_config_change", "num_epochs", "oracle_samples", "mlflow_tracking_uri",
-    "mlflow_experiment", "ray_address", "worker_cpus", "learner_cpus", "latency_estimator",
+    "mlflow_experiment", "ray_address", "worker_cpus", "learner_cpus", "latency_estimator", "max_model_runs",
+    "algorithm",
 })  # fmt: skip
 """Settings a resumed run may change freely: where outputs go, how long it runs, what it
-reserves. (The estimator's path may move; `_check_resumed_latency` warns about it.)"""
+reserves. (The estimator's path may move; `_check_resumed_latency` warns about it. Only GRPO runs
+resume, so `algorithm` is always the same; runs from before it existed do not record it.)"""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,12 @@ def run_training(
     `backend_hook(backend)` runs once the actors exist (tests use it to find or kill them).
     `placement` (a `ray_backend.Placement`) puts the actors in a group the caller reserved;
     `worker_class` replaces the rollout worker (benchmarks/scaling.py's simulated one).
+    `config.algorithm` "ppo" hands the run to RLlib's PPO (adactrl.orchestration.ppo).
     """
+    if config.algorithm == "ppo":
+        from adactrl.orchestration.ppo import run_ppo_training
+
+        return run_ppo_training(config, latency_fn=latency_fn, observers=observers)
     began = time.perf_counter()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -121,18 +128,27 @@ def run_training(
             state = trainer.run()
             summary, oracle = _summarize(config, trainer, model.knob_space, sizes["validation"])
         summary["wall_s"] = time.perf_counter() - began
-        write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        print(summary["table"], flush=True)
-        log.info("summary\n%s", summary["table"])
-        if trainer.best_records:
-            recorder.log_budget_curves(budget_points(trainer.best_records), oracle)
-        recorder.log_artifacts(output_dir / name for name in
-                               (TRAINING_HISTORY, VALIDATION_HISTORY, BEST_MODEL, SUMMARY_FILE, LOG_FILE))
+        write_outputs(recorder, summary, trainer.best_records, oracle)
         ok = True
         return TrainOutcome(state, summary, output_dir, recorder.run_id, recorder.tracking_uri,
                             time.perf_counter() - began)  # fmt: skip
     finally:
         recorder.finish(ok)
+
+
+def write_outputs(
+    recorder: RunRecorder, summary: dict[str, Any], best_records: Sequence[Any], oracle: list[BudgetPoint]
+) -> None:
+    """summary.json, the summary table (console and log), budget_curves.png of the best epoch's
+    validation records, and the run's files as MLflow artifacts: the end of every training run."""
+    output_dir = recorder.output_dir
+    write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    print(summary["table"], flush=True)
+    log.info("summary\n%s", summary["table"])
+    if best_records:
+        recorder.log_budget_curves(budget_points(best_records), oracle)
+    recorder.log_artifacts(output_dir / name for name in
+                           (TRAINING_HISTORY, VALIDATION_HISTORY, BEST_MODEL, SUMMARY_FILE, LOG_FILE))
 
 
 @contextmanager
