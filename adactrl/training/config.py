@@ -21,6 +21,9 @@ ADVANTAGE_SCALES: tuple[str, ...] = ("group", "batch", "none")
 """How the learner scales rewards centred on their group's mean: by the group's std (GRPO), by
 one std over the whole batch, or not at all (mean-centring only, as in Dr. GRPO)."""
 LATENCY_MODES: tuple[str, ...] = ("measured", "estimated")
+ROLLOUT_MODES: tuple[str, ...] = ("shared", "per_plan")
+"""How a rollout worker runs a sample's plans (docs/shared-rollouts.md): the work they share once, each plan's
+latency composed from measured stages; or every plan end to end. Both run the same plans from the same seeds."""
 ALGORITHMS: tuple[str, ...] = ("grpo", "ppo")
 """The trainers of `adactrl train --algorithm`: the product's GRPO, or RLlib's PPO as a baseline (docs/ppo.md)."""
 ESTIMATOR_HINT = (
@@ -192,6 +195,13 @@ class TrainConfig:
     """CPUs of each rollout worker's placement-group bundle (its torch threads: this, rounded down, at least 1)."""
     learner_cpus: float = 1.0
     """CPUs of the learner actor's bundle (the learner takes a GPU where the cluster has one beyond the workers')."""
+    rollout_mode: str = "shared"
+    """`ROLLOUT_MODES`: "shared" runs the work a sample's plans share once (vision per tier, the blocks before each
+    insertion point, identical plans) and composes each plan's latency from stages measured once; "per_plan" runs
+    every plan end to end. Validation, calibration and the oracle are end to end in both."""
+    composition_check_every: int = 0
+    """Shared mode: every this-many-th training plan also runs end to end, its record keeping both totals
+    (`composed_total`, `checked_total`); 0: never."""
     algorithm: str = "grpo"
     """`ALGORITHMS`: "grpo" trains the controller as designed; "ppo" trains the same controller with RLlib's
     PPO and a value baseline on the same episodes, a reference point (docs/ppo.md)."""
@@ -229,6 +239,12 @@ class TrainConfig:
                 raise ValueError(f"budget_range_ms must be (low, high) ms with 0 < low < high, got {self.budget_range_ms}")
         if self.resume and self.load_checkpoint:
             raise ValueError("--resume continues a run from its own checkpoint; drop --load_checkpoint")
+        if self.rollout_mode not in ROLLOUT_MODES:
+            raise ValueError(f"rollout_mode must be one of {list(ROLLOUT_MODES)}, got {self.rollout_mode!r}")
+        if self.composition_check_every < 0:
+            raise ValueError(f"composition_check_every must be >= 0 (0: no check), got {self.composition_check_every}")
+        if self.composition_check_every and self.rollout_mode != "shared":
+            raise ValueError("--composition_check_every checks shared-stage rollouts; drop it or use --rollout_mode shared")
         if self.latency_mode not in LATENCY_MODES:
             raise ValueError(f"latency_mode must be one of {list(LATENCY_MODES)}, got {self.latency_mode!r}")
         if self.latency_mode == "estimated" and self.latency_estimator is None:
