@@ -338,7 +338,8 @@ class Trainer:
         repeats = self.config.budgets_per_sample
         indices = tuple(i for i in chunk for _ in range(repeats))
         budgets = self.budget_range.sample(np.random.default_rng(seed), len(indices))
-        return RolloutRequest(epoch, request_id, indices, budgets, self.config.group_size, version, seed)
+        return RolloutRequest(epoch, request_id, indices, budgets, self.config.group_size, version, seed,
+                              self.config.rollout_mode, self.config.composition_check_every)  # fmt: skip
 
     def _end_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         snapshot = self.backend.learner_snapshot()  # first: a learner lost here leaves nothing half-written
