@@ -14,6 +14,7 @@ from adactrl.training.config import (
     ALGORITHMS,
     LATENCY_MODES,
     LOSSES,
+    ROLLOUT_MODES,
     DataConfig,
     LearnerConfig,
     LossConfig,
@@ -72,6 +73,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "plus the measured controller time (validation stays measured)")
     run.add_argument("--latency_estimator", default=None, metavar="PATH",
                      help="latency_estimator.pt from `adactrl baselines`, for --latency_mode estimated")
+    run.add_argument("--rollout_mode", choices=ROLLOUT_MODES, default=_T.rollout_mode,
+                     help="shared: a sample's plans run the work they share once, each plan's latency composed from "
+                          "measured stages (docs/shared-rollouts.md); per_plan: every plan end to end")
+    run.add_argument("--composition_check_every", type=int, default=_T.composition_check_every, metavar="N",
+                     help="shared mode: also run every N-th training plan end to end, keeping both latencies (0: never)")
 
     learn = p.add_argument_group("learner")
     learn.add_argument("--algorithm", choices=ALGORITHMS, default=_T.algorithm,
@@ -142,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         max_new_tokens=args.max_new_tokens,
         latency_mode=args.latency_mode,
         latency_estimator=args.latency_estimator,
+        rollout_mode=args.rollout_mode,
+        composition_check_every=args.composition_check_every,
         load_checkpoint=args.load_checkpoint,
         resume=args.resume,
         allow_config_change=args.allow_config_change,
