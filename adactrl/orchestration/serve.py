@@ -13,6 +13,7 @@ request waits in Serve's queue for a free replica and that wait counts against i
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -25,6 +26,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from adactrl.orchestration.serve_metrics import ServeMetrics
+from adactrl.serving.budget import REJECTED, QueueModel, admit
 from adactrl.serving.config import IMPORT_PATH, ServeConfig
 from adactrl.serving.engine import ServeOutcome, ServingEngine
 from adactrl.serving.requests import (
@@ -56,9 +58,9 @@ class ModelReplica:
     def info(self) -> dict[str, Any]:
         return {"cheapest_ms": self.engine.cheapest_ms, "cheapest_plan": self.engine.cheapest.to_dict()}
 
-    def __call__(self, request: InferRequest, arrived_s: float) -> ServeOutcome | RequestError:
+    def __call__(self, request: InferRequest, arrived_s: float, reserve_ms: float) -> ServeOutcome | RequestError:
         try:
-            return self.engine.answer(request, arrived_s)
+            return self.engine.answer(request, arrived_s, reserve_ms)
         except RequestError as err:  # returned, not raised: Ray would wrap it and lose the status
             return err
 
@@ -70,10 +72,17 @@ class Ingress:
         self.replica = replica
         self.config = config
         self.metrics = ServeMetrics()
+        self.queue = QueueModel(config.num_replicas)
+        self.cheapest_ms: float | None = None
+        """The replicas' calibrated cheapest-plan latency (the largest one reported)."""
+        self.info: dict[str, Any] | None = None
+        self._info = replica.info.remote()  # asked now: the first request does not wait for it
+        self._info_lock = asyncio.Lock()
 
     @api.get("/health")
     async def health(self) -> dict:
-        info = await self.replica.info.remote()
+        # The replica's info is read once: asked again, it would queue behind the model's requests.
+        info = {**await self._replica_info(), "cheapest_ms": self.cheapest_ms}
         return {"status": "ok", "replicas": self.config.num_replicas, "device": self.config.device,
                 "in_flight": self.metrics.in_flight, **self.metrics.ledger.to_dict(), **info}  # fmt: skip
 
@@ -96,9 +105,7 @@ class Ingress:
         try:
             try:
                 request = await _parse(http, route)
-                outcome = await self.replica.remote(request, arrived)
-                if isinstance(outcome, RequestError):
-                    raise outcome
+                outcome = await self._run(request, arrived)
             except RequestError as err:
                 self.metrics.bad_request(route, (time.time() - arrived) * 1000.0)
                 return JSONResponse(error_body(str(err), err.status), status_code=err.status)
@@ -114,6 +121,33 @@ class Ingress:
             return JSONResponse(infer_body(request, outcome, total_ms))
         finally:
             self.metrics.leave()
+
+    async def _run(self, request: InferRequest, arrived: float) -> ServeOutcome:
+        """Refused here when the expected wait would leave too little of the budget (docs/serving.md),
+        else handed to a replica, which decides again on the wait it saw."""
+        await self._replica_info()
+        waited_ms = (time.time() - arrived) * 1000.0
+        expected = waited_ms + self.queue.expected_wait_ms() + self.queue.overhead_ms
+        early = admit(request.budget_ms, expected, self.cheapest_ms, request.best_effort)
+        if early.plan == REJECTED:
+            return ServeOutcome(early, waited_ms, self.cheapest_ms)
+        self.queue.outstanding += 1
+        try:
+            outcome = await self.replica.remote(request, arrived, self.queue.overhead_ms)
+        finally:
+            self.queue.outstanding -= 1
+        if isinstance(outcome, RequestError):
+            raise outcome
+        self.queue.observe((time.time() - arrived) * 1000.0 - outcome.queue_ms, outcome.model_ms)
+        self.cheapest_ms = max(self.cheapest_ms, outcome.cheapest_ms)
+        return outcome
+
+    async def _replica_info(self) -> dict[str, Any]:
+        async with self._info_lock:  # the first requests may come together; the answer is read once
+            if self.info is None:
+                self.info = await self._info
+                self.cheapest_ms = self.info["cheapest_ms"]
+        return self.info
 
 
 HTTPIngress = serve.ingress(api)(Ingress)

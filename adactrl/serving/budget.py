@@ -7,6 +7,10 @@ When the request reaches a replica, `admit` decides from what is left of its bud
 - less, without `best_effort`: HTTP 429 with Retry-After, at once, without model time. An
   overloaded server then sheds load as refusals a client can see and retry, not as answers that
   silently miss their budgets, and a refused request frees the replica for the next one.
+
+The ingress makes the same decision before a request joins the queue, on the wait `QueueModel`
+expects: under overload a request is refused on arrival, not after waiting out its budget in a
+queue of requests that will all be refused (which would leave the replicas serving none).
 """
 
 from __future__ import annotations
@@ -45,6 +49,35 @@ def retry_after_s(waited_ms: float) -> int:
     """Whole seconds (HTTP's Retry-After unit), at least 1: the wait this request saw is the
     queue's length in time, so a retry after it finds the queue drained (waited 2.3 s -> 3)."""
     return max(1, math.ceil(waited_ms / 1000.0))
+
+
+@dataclass
+class QueueModel:
+    """The ingress's view of its replicas: requests handed to them and not yet back, and moving
+    averages of how long a replica holds one and of the hand-off time around the model."""
+
+    replicas: int
+    outstanding: int = 0
+    service_ms: float = 0.0
+    """How long a replica holds a request, from taking it up to the answer back at the ingress."""
+    overhead_ms: float = 0.0
+    """The part of service_ms outside the model (serialisation, the hand-off back)."""
+    weight: float = 0.2
+    """Of the newest observation in each moving average."""
+
+    def expected_wait_ms(self) -> float:
+        """A new request waits for the ones ahead of it beyond a free replica each: 3 outstanding on
+        2 replicas holding 40 ms each -> (3 - 2 + 1) * 40 / 2 = 40 ms."""
+        ahead = self.outstanding - self.replicas + 1
+        return max(0, ahead) * self.service_ms / self.replicas
+
+    def observe(self, service_ms: float, model_ms: float) -> None:
+        overhead = max(0.0, service_ms - model_ms)
+        if self.service_ms == 0.0:
+            self.service_ms, self.overhead_ms = service_ms, overhead
+            return
+        self.service_ms += self.weight * (service_ms - self.service_ms)
+        self.overhead_ms += self.weight * (overhead - self.overhead_ms)
 
 
 @dataclass

@@ -91,11 +91,12 @@ class ServingEngine:
                  for _ in range(runs + 1)][1:]  # fmt: skip
         return nearest_rank(times, CALIBRATION_QUANTILE)
 
-    def answer(self, request: InferRequest, arrived_s: float) -> ServeOutcome:
+    def answer(self, request: InferRequest, arrived_s: float, reserve_ms: float = 0.0) -> ServeOutcome:
         """Run `request`, which arrived at `arrived_s` (time.time(), on the ingress's clock), with
-        what is left of its budget; refused at once, without model time, when too little is."""
+        what is left of its budget less `reserve_ms` (the hand-off back to the client, measured by
+        the ingress); refused at once, without model time, when too little is left."""
         waited_ms = max(0.0, (time.time() - arrived_s) * 1000.0)
-        admission = admit(request.budget_ms, waited_ms, self.cheapest_ms, request.best_effort)
+        admission = admit(request.budget_ms, waited_ms + reserve_ms, self.cheapest_ms, request.best_effort)
         if admission.plan == REJECTED:
             return ServeOutcome(admission, waited_ms, self.cheapest_ms)
         tokens = min(request.max_new_tokens or self.max_new_tokens, self.max_new_tokens)

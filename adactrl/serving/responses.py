@@ -55,10 +55,10 @@ def error_body(message: str, status: int, **extra: float | str) -> dict:
 
 
 def rejected_body(request: InferRequest, outcome: ServeOutcome) -> dict:
-    """429: too little of the budget was left when the request reached a replica."""
+    """429: too little of the budget was left, or would be when a replica is free."""
     admission = outcome.admission
-    message = (f"{max(admission.remaining_ms, 0.0):.1f} ms of the {request.budget_ms:g} ms budget were left after "
-               f"{outcome.queue_ms:.1f} ms in the queue, below the cheapest plan's {outcome.cheapest_ms:.1f} ms; "
+    message = (f"{max(admission.remaining_ms, 0.0):.1f} ms of the {request.budget_ms:g} ms budget would be left for "
+               f"the model after the queue, below the cheapest plan's {outcome.cheapest_ms:.1f} ms; "
                f"retry after {admission.retry_after_s} s, raise the budget, or send best_effort: true")  # fmt: skip
     return error_body(message, 429, queue_ms=round(outcome.queue_ms, 3), cheapest_ms=round(outcome.cheapest_ms, 3),
                       retry_after_s=admission.retry_after_s)  # fmt: skip

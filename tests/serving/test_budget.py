@@ -2,7 +2,16 @@
 
 import pytest
 
-from adactrl.serving.budget import CHEAPEST, CONTROLLER, REJECTED, Admission, BudgetLedger, admit, retry_after_s
+from adactrl.serving.budget import (
+    CHEAPEST,
+    CONTROLLER,
+    REJECTED,
+    Admission,
+    BudgetLedger,
+    QueueModel,
+    admit,
+    retry_after_s,
+)
 
 
 def test_the_controller_plans_for_what_the_wait_left():
@@ -33,3 +42,15 @@ def test_the_ledger_counts_violations_among_served_requests_only():
     ledger.record(met=True)
     ledger.record(rejected=True)  # a 429 is no violation: no answer went out late
     assert ledger.to_dict() == {"served": 3, "missed": 1, "rejected": 1, "violation_rate": 1 / 3}
+
+
+def test_the_queue_model_expects_a_wait_only_beyond_a_free_replica():
+    queue = QueueModel(replicas=2)
+    queue.observe(service_ms=40.0, model_ms=30.0)  # the first observation is taken as it is
+    assert (queue.service_ms, queue.overhead_ms) == (40.0, 10.0)
+    queue.outstanding = 1
+    assert queue.expected_wait_ms() == 0.0  # a replica is free
+    queue.outstanding = 3
+    assert queue.expected_wait_ms() == 40.0  # (3 - 2 + 1) * 40 / 2
+    queue.observe(service_ms=90.0, model_ms=50.0)  # moving averages: 40 + 0.2 * 50, 10 + 0.2 * 30
+    assert (queue.service_ms, queue.overhead_ms) == pytest.approx((50.0, 16.0))

@@ -42,3 +42,11 @@ def test_a_file_without_the_adactrl_application_is_refused(tmp_path):
         read_serve_file(path, {})
     with pytest.raises(FileNotFoundError):
         read_serve_file(tmp_path / "missing.yaml", {})
+
+
+def test_the_cluster_serve_file_is_a_valid_serve_deploy_config():
+    yaml = pytest.importorskip("yaml")
+    schema = pytest.importorskip("ray.serve.schema")
+    data = yaml.safe_load((REPO / "cluster" / "serve_config.yaml").read_text())
+    deploy = schema.ServeDeploySchema(**data)
+    assert [app.import_path for app in deploy.applications] == [IMPORT_PATH]

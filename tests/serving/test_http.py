@@ -90,7 +90,8 @@ def test_the_queue_counts_against_the_budget(url):
         thread.join()
     waits = sorted(b["latency_ms"]["queue"] for b in bodies)
     assert len(bodies) == 4 and waits[-1] >= 2 * min(b["latency_ms"]["model"] for b in bodies)
-    assert all(b["remaining_ms"] == pytest.approx(60_000 - b["latency_ms"]["queue"], abs=0.01) for b in bodies)
+    # the controller planned for what the wait (and the hand-off reserve) left
+    assert all(59_000 < b["remaining_ms"] <= 60_000 - b["latency_ms"]["queue"] + 0.01 for b in bodies)
 
 
 @pytest.mark.parametrize(("fields", "status", "message"), [
