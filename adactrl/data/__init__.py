@@ -4,6 +4,7 @@ TextVQA, VQAv2, OK-VQA and COCO captions, read from a --data_dir, the Hugging Fa
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import datasets
@@ -55,6 +56,7 @@ __all__ = [
     "SyntheticSample",
     "SyntheticVQAConfig",
     "canonical_answer",
+    "check_datasets",
     "dataset_of_family",
     "generate_sample",
     "load_vqa_dataset",
@@ -82,3 +84,16 @@ def load_vqa_dataset(
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
     return load_real_dataset(real_dataset(name), split, num_samples, seed, data_dir=data_dir)
+
+
+def check_datasets(
+    names: Sequence[str], sizes: Mapping[str, int], seed: int, *, data_dir: str | Path | None = None
+) -> None:
+    """Load the splits (split -> rows) of each real dataset in `names` once, so that a missing or
+    malformed dataset fails where this runs (the driver, before Ray starts) with its message,
+    not in a rollout worker. Cheap: the rows are memory-mapped, and the Arrow file a parquet
+    shard becomes is cached for the workers."""
+    for name in names:
+        if name != "synthetic":
+            for split, num_samples in sizes.items():
+                load_vqa_dataset(name, split, num_samples, seed, data_dir=data_dir)

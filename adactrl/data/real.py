@@ -104,8 +104,9 @@ REAL_DATASETS: dict[str, RealDataset] = {
 DATASET_ALIASES: dict[str, str] = {"vqav2": "coco_2014_vqa"}
 
 
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is in none of the sources: the message says how to fetch it."""
+class DatasetUnavailableError(FileNotFoundError):
+    """The dataset is in none of the sources: the message says how to fetch it (the CLI prints it
+    and exits 2, as for any missing file)."""
 
 
 def real_dataset(name: str) -> RealDataset:
@@ -160,8 +161,7 @@ def _load_raw(spec: RealDataset, split: str, data_dir: str | Path | None) -> tup
     if data_dir is not None:
         root = Path(data_dir)
         names = (spec.name, *(a for a, n in DATASET_ALIASES.items() if n == spec.name), spec.hub_id.split("/")[-1])
-        root = next((root / n for n in names if (root / n).is_dir()), root)
-        return _from_dir(spec, split, root, "--data_dir")
+        return _from_dir(spec, split, next((root / n for n in names if (root / n).is_dir()), root), "--data_dir")
     split = _resolve_split(spec, split, spec.splits, spec.hub_id)
     try:
         cached = _hub_snapshot(spec, split, local_files_only=True)
@@ -201,9 +201,12 @@ def _resolve_split(spec: RealDataset, split: str, available: tuple[str, ...], wh
     """The dataset's own name for `split`; refuses a missing or unannotated split with what to use."""
     resolved = split if split in available else spec.aliases.get(split, split)
     if resolved not in available:
+        todo = (f"; to train on {spec.name}, add a train split with {spec.hub_id}'s columns to your --data_dir "
+                f"(data/train-00000-of-00001.parquet; docs/datasets.md)" if split == "train" else
+                "; ask for one of them")  # fmt: skip
         raise ValueError(
             f"{spec.name} has no split {split!r} in {where}; its splits are {list(available)}"
-            + (f" (or {dict(spec.aliases)})" if spec.aliases else "")
+            + (f" (or {dict(spec.aliases)})" if spec.aliases else "") + todo
         )
     if resolved in spec.unannotated:
         raise ValueError(
@@ -245,8 +248,11 @@ def _from_dir(spec: RealDataset, split: str, root: Path, flag: str) -> tuple[dat
                              f"DatasetDict (dataset_dict.save_to_disk) or one folder per split (DIR/<split>)")  # fmt: skip
         return saved, _resolve_split(spec, split, recorded, f"{flag} {root}")
     found = sorted(p.name for p in root.iterdir())[:10]
+    folders = {*REAL_DATASETS, *DATASET_ALIASES, *(other.hub_id.split("/")[-1] for other in REAL_DATASETS.values())}
+    others = sorted(set(found) & folders)
+    mix = f" (a folder of several datasets: add {root}/{spec.name} beside {others})" if others else ""
     raise ValueError(
-        f"{flag} {root} does not hold {spec.name} in a known layout (found {found}): expected parquet shards "
+        f"{flag} {root} does not hold {spec.name} in a known layout (found {found}){mix}: expected parquet shards "
         f"{root}/data/<split>-00000-of-0000N.parquet as the hub repository {spec.hub_id} has them, or a "
         f"save_to_disk folder; to fetch it, {spec.fetch_hint()}"
     )
