@@ -20,6 +20,7 @@ from typing import Any
 
 from adactrl.atomic import write_text
 from adactrl.controller import Controller, ControllerConfig, load_controller
+from adactrl.data import check_datasets
 from adactrl.training.checkpoints import (
     BEST_MODEL,
     TrainerState,
@@ -94,6 +95,9 @@ def run_training(
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_model(config.model_path, config.importance_scores_file)
+    data = config.data  # a missing or malformed dataset fails here, with its message, before Ray starts
+    check_datasets(data.dataset_names, {"train": data.num_train_samples, "validation": data.num_val_samples},
+                   data.seed, data_dir=data.data_dir)  # fmt: skip
     estimator = None if config.latency_estimator is None else str(Path(config.latency_estimator).resolve())
     if estimator is not None:
         EstimatedRunLatency.load(estimator, model.knob_space)  # an unusable file fails here, before any rollout
