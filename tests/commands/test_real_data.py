@@ -155,3 +155,51 @@ def test_training_on_a_dataset_without_a_train_split_fails_before_ray_starts(tmp
     err = capsys.readouterr().err
     assert "does not hold coco_caption in a known layout" in err and f"add {data}/coco_caption beside" in err
     assert not (tmp_path / "r" / "train.log").exists()
+
+
+def test_training_rollouts_and_validation_score_captions_by_cider(molmoe, tmp_path):
+    """The reward's accuracy term and validation use CIDEr-D / 10 on caption rows: each record's
+    accuracy is that of its plan's answer (the greedy answer of the same knobs run statically:
+    the controller appends no budget token by default) against the split's references."""
+    from adactrl.controller import Controller, ControllerConfig
+    from adactrl.controller.policy import actions_to_knobs
+    from adactrl.executor import StaticPolicy, execute
+    from adactrl.reward import RewardConfig
+    from adactrl.training.config import DataConfig, WorkerConfig
+    from adactrl.training.records import EvalRequest, RolloutRequest
+    from rollout_workers import RolloutWorker
+
+    data = tmp_path / "data"
+    write_hub_repo(data / "coco_caption", "coco_caption", splits=("train", "val"))
+    config = WorkerConfig(
+        controller=ControllerConfig(d_model=64, seed=0), reward=RewardConfig(), model_path=molmoe,
+        data=DataConfig(dataset_names=("coco_caption",), num_train_samples=3, num_val_samples=3, data_dir=str(data)),
+    )  # fmt: skip
+    model = RolloutWorker(config, 0).model
+    space = model.knob_space
+    plans = [p for at in space.insertion_positions for p in space.static_plans(model.importance, at)]
+    first = load_vqa_dataset("coco_caption", "train", 3, 0, data_dir=data / "coco_caption")
+    own = sorted({execute(model, first[0]["image"], first[0]["question"], StaticPolicy(p)).answer for p in plans})
+    for split in ("train", "val"):  # the first image's references hold the model's own answers (in every
+        table = rows("coco_caption", split)  # image's, their document frequency would weigh them 0)
+        table["answer"][0] = [*own, *CAPTIONS[0]][:5]
+        pq.write_table(pa.Table.from_pydict(table, schema=SCHEMAS["coco_caption"].arrow_schema),
+                       data / "coco_caption" / "data" / f"{split}-00000-of-00001.parquet")  # fmt: skip
+    config = WorkerConfig(**{**config.__dict__, "controller": ControllerConfig(d_model=model.hidden_size, seed=0)})
+    worker = RolloutWorker(config, 0)
+    worker.load_weights(0, Controller(config.controller, space).state_dict())
+    batches = {"train": worker.rollout(RolloutRequest(1, 0, (0, 1, 2), (50.0, 50.0, 50.0), 2, 0, 7)).records,
+               "validation": worker.evaluate(EvalRequest((0, 1, 2), (50.0,), 0)).records}  # fmt: skip
+    scored = []
+    for split, records in batches.items():
+        rows_ = worker.splits[split]
+        cider = CiderD(rows_["answers"])
+        assert records and all(r.family == "coco_caption" for r in records)
+        for record in records:
+            knobs = record.knobs if split == "validation" else actions_to_knobs(space, record.actions)
+            row = rows_[record.sample_id]
+            answer = execute(worker.model, row["image"], row["question"],
+                             StaticPolicy(space.plan(*knobs, model.importance))).answer  # fmt: skip
+            assert record.accuracy == pytest.approx(cider.score(answer, row["answers"]) / 10, abs=1e-12)
+            scored.append(record.accuracy)
+    assert any(score > 0 for score in scored)
