@@ -1,5 +1,7 @@
 """`adactrl evaluate`: a trained controller against the static Pareto oracle, the supervised
 controller, a random policy and every static plan, across budgets, on a held-out split.
+Several controllers (`--controller A B`, e.g. a GRPO and a PPO run) are evaluated side by side,
+each a row per budget, with paired differences against the first.
 
 The oracle and the supervised controller come from a profile table (`--profile`, from `adactrl
 profile`), or from a small sweep of the validation split run first (`--profile_samples`). The
@@ -16,7 +18,7 @@ appends one); `--budget_token_check` also runs the controller with its budget to
 reports the difference on its own line. Per budget the report gives paired differences (same
 questions) in accuracy counted only when the budget is met: controller - oracle, and the
 prompt-aware family oracle (the ceiling) - oracle, with standard errors, and the fraction of
-the ceiling's gap the controller captures.
+the ceiling's gap the controller captures. Budgets and threads follow the first controller.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ RANGE_MARGIN = 1.1
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="controller vs oracle, supervised, random and static plans across budgets")
-    p.add_argument("--controller", required=True, help="controller checkpoint (best_model.pt of `adactrl train`)")
+    p.add_argument("--controller", required=True, nargs="+", metavar="CHECKPOINT",
+                   help="controller checkpoint (best_model.pt of `adactrl train`); several are evaluated side by side")
+    p.add_argument("--controller_names", nargs="+", default=None, metavar="NAME",
+                   help="one name per --controller (default: 'controller' for one, each checkpoint's folder for several)")
     p.add_argument("--model_path", default=None, help="model directory, embedded or MolmoE-1B (default: the shipped one)")
     p.add_argument("--dataset_name", default="synthetic")
     p.add_argument("--data_dir", default=None, help="folder of the real datasets (docs/datasets.md)")
@@ -100,9 +105,12 @@ def evaluate_command(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = load_model(args.model_path, device=args.device)
     space = model.knob_space
-    controller, extra = load_controller(
-        args.controller, expected_knob_space=space, expected_d_model=model.hidden_size, map_location=args.device
-    )
+    names = controller_names(args.controller, args.controller_names)
+    loaded = [load_controller(path, expected_knob_space=space, expected_d_model=model.hidden_size,
+                              map_location=args.device) for path in args.controller]  # fmt: skip
+    controller, extra = loaded[0]
+    if any(other.get("budget_range") != extra.get("budget_range") for _, other in loaded[1:]):
+        print(f"note: the controllers were trained on other budget ranges; budgets and threads follow {names[0]}'s")
     num_threads, threads_source = measurement_threads(args.num_threads, extra)
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -121,9 +129,9 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         print(f"warning: {overlap} evaluation samples are also in the profile table: the oracle is not held out")
 
     token = controller.config.budget_token
-    methods = [controller_method(controller)]
+    methods = [controller_method(c, name) for name, (c, _) in zip(names, loaded)]
     if args.budget_token_check:
-        methods.append(controller_method(controller, flipped_name(token), budget_token=not token))
+        methods.append(controller_method(controller, flipped_name(token, names[0]), budget_token=not token))
     methods.append(oracle_method(oracle, model))
     families = family_oracles(records, args.oracle_statistic)
     missing = {str(row.get("family", "")) for row in rows} - set(families)
@@ -142,9 +150,9 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         )
 
     in_range = [within(b, budget_range) for b in budgets]
-    names = {m.name for m in methods}
     report = {
-        "controller": str(args.controller),
+        "controller": str(args.controller[0]),
+        "controllers": dict(zip(names, map(str, args.controller))),
         "model_path": args.model_path or "shipped",
         "dataset": {"name": args.dataset_name, "split": args.split, "num_samples": len(rows), "seed": args.seed},
         "budget_range_ms": list(budget_range),
@@ -163,15 +171,35 @@ def evaluate_command(args: argparse.Namespace) -> dict:
         "estimator_held_out": base["estimator_metrics"],
         "measurement": {"num_threads": num_threads, "threads_source": threads_source, "device": args.device,
                         "controller_budget_token": token, "static_budget_token": False},
-        "paired": paired_report(requests, budgets, names, flipped_name(token)),
+        "paired": paired_report(requests, budgets, {m.name for m in methods}, names, flipped_name(token, names[0])),
         "rows": [row.to_dict() for row in aggregate(requests, budget_range)],
     }  # fmt: skip
     write_outputs(report, requests, summaries, output)
     return report
 
 
-def flipped_name(token: bool) -> str:
-    return "controller, budget token " + ("off" if token else "on")
+def flipped_name(token: bool, controller: str = "controller") -> str:
+    return f"{controller}, budget token " + ("off" if token else "on")
+
+
+RESERVED_NAMES = ("oracle", "supervised", "random", CEILING)
+
+
+def controller_names(paths: list[str], names: list[str] | None) -> list[str]:
+    """--controller_names, else "controller" for one checkpoint, else each checkpoint's folder (its
+    file name when it is not a best_model.pt): the method names of the rows."""
+    if names is None:
+        if len(paths) == 1:
+            return ["controller"]
+        names = [Path(p).parent.name if Path(p).name == "best_model.pt" else Path(p).stem for p in paths]
+        hint = "pass --controller_names"
+    else:
+        hint = "give one distinct name per --controller"
+    taken = [n for n in names if n in RESERVED_NAMES or n.startswith("static:")]
+    if len(names) != len(paths) or len(set(names)) != len(names) or taken:
+        raise ValueError(f"controller names {names} for {len(paths)} checkpoints: {hint}, none of "
+                         f"{list(RESERVED_NAMES)} or static:...")  # fmt: skip
+    return names
 
 
 def measurement_threads(flag: int | None, extra: dict) -> tuple[int | None, str]:
@@ -185,13 +213,20 @@ def measurement_threads(flag: int | None, extra: dict) -> tuple[int | None, str]
     return (int(stored), "checkpoint") if stored else (None, "torch default")
 
 
-def paired_report(requests, budgets: list[float], names: set[str], flipped: str) -> list[dict]:
-    """Per budget: paired differences in accuracy counted only when met (see the module docstring)."""
+def paired_report(requests, budgets: list[float], names: set[str], controllers: list[str], flipped: str) -> list[dict]:
+    """Per budget: paired differences in accuracy counted only when met (see the module docstring),
+    of the first controller; with several, also each one - oracle and each later one - the first."""
     from adactrl.evaluation import paired_difference
 
+    first = controllers[0]
     report = []
     for budget in budgets:
-        entry = {"budget_ms": budget, "controller_minus_oracle": paired_difference(requests, "controller", "oracle", budget).to_dict()}
+        entry = {"budget_ms": budget, "controller_minus_oracle": paired_difference(requests, first, "oracle", budget).to_dict()}
+        if len(controllers) > 1:
+            entry["controllers_minus_oracle"] = {
+                name: paired_difference(requests, name, "oracle", budget).to_dict() for name in controllers}
+            entry["minus_first"] = {name: paired_difference(requests, name, first, budget).to_dict()
+                                    for name in controllers[1:]}  # fmt: skip
         if CEILING in names:
             ceiling = paired_difference(requests, CEILING, "oracle", budget)
             entry["ceiling_minus_oracle"] = ceiling.to_dict()
@@ -199,7 +234,7 @@ def paired_report(requests, budgets: list[float], names: set[str], flipped: str)
             # a share of a gap is only read where there is one: the ceiling > 2 s.e. above the oracle
             entry["gap_captured"] = gain / ceiling.mean if ceiling.mean > 2 * ceiling.standard_error else None
         if flipped in names:
-            entry["budget_token_effect"] = paired_difference(requests, flipped, "controller", budget).to_dict()
+            entry["budget_token_effect"] = paired_difference(requests, flipped, first, budget).to_dict()
         report.append(entry)
     return report
 
@@ -299,7 +334,7 @@ def write_outputs(report: dict, requests, summaries, output: Path) -> None:
                           title="Budget violations (target < 5%)", hline=0.05)  # fmt: skip
     evaluated = static_summaries(requests)
     controller = [r for r in rows if r["kind"] == "controller"]
-    points = [(f"controller @ {r['budget_ms']:.1f} ms", r["median_latency_ms"], r["accuracy"]) for r in controller]
+    points = [(f"{r['method']} @ {r['budget_ms']:.1f} ms", r["median_latency_ms"], r["accuracy"]) for r in controller]
     plot_pareto(evaluated or summaries, output / "pareto_with_controller.png",
                 title="Static plans and the controller (evaluation split)" if evaluated else
                 "Static plans (profile) and the controller", extra_points=points)  # fmt: skip
@@ -318,9 +353,10 @@ def paired_lines(report: dict) -> list[str]:
     """The paired comparisons, one line each; the budget token's effect on its own line."""
     lines = [f"paired differences in accuracy counted only when the budget is met, on the "
              f"{report['dataset']['num_samples']} {report['dataset']['split']} questions (mean ± standard error):"]
+    first = next(iter(report["controllers"]))
     for entry in report["paired"]:
         d = entry["controller_minus_oracle"]
-        line = f"{entry['budget_ms']:9.2f} controller - oracle {d['mean']:+.3f} ± {d['standard_error']:.3f}"
+        line = f"{entry['budget_ms']:9.2f} {first} - oracle {d['mean']:+.3f} ± {d['standard_error']:.3f}"
         if "ceiling_minus_oracle" in entry:
             c = entry["ceiling_minus_oracle"]
             captured = "n/a" if entry["gap_captured"] is None else f"{entry['gap_captured']:.0%}"
@@ -329,8 +365,13 @@ def paired_lines(report: dict) -> list[str]:
     for entry in report["paired"]:
         if "budget_token_effect" in entry:
             t = entry["budget_token_effect"]
-            lines.append(f"{entry['budget_ms']:9.2f} budget token flipped ({t['method_a']}) - controller "
+            lines.append(f"{entry['budget_ms']:9.2f} budget token flipped ({t['method_a']}) - {first} "
                          f"{t['mean']:+.3f} ± {t['standard_error']:.3f}")  # fmt: skip
+    for entry in report["paired"]:
+        for name, d in entry.get("minus_first", {}).items():
+            o = entry["controllers_minus_oracle"][name]
+            lines.append(f"{entry['budget_ms']:9.2f} {name} - {first} {d['mean']:+.3f} ± {d['standard_error']:.3f}; "
+                         f"{name} - oracle {o['mean']:+.3f} ± {o['standard_error']:.3f}")  # fmt: skip
     m = report["measurement"]
     lines.append(f"measured with {m['num_threads'] or 'the default number of'} threads ({m['threads_source']}) on "
                  f"{m['device']}; budget token: "
@@ -340,21 +381,22 @@ def paired_lines(report: dict) -> list[str]:
 
 def format_table(report: dict) -> str:
     columns = (("acc", 6), ("acc@met", 7), ("mean ms", 8), ("p95 ms", 8), ("viol", 6), ("ovh", 6))
-    lines = [f"{'budget':>9} {'method':<12} " + " ".join(f"{c:>{w}}" for c, w in columns)]
+    width = max([12] + [len(r["method"]) for r in report["rows"] if r["kind"] != "static"])
+    lines = [f"{'budget':>9} {'method':<{width}} " + " ".join(f"{c:>{w}}" for c, w in columns)]
     static = [r for r in report["rows"] if r["kind"] == "static"]
     for budget in report["budgets"]:
         b = budget["budget_ms"]
         flag = "" if budget["in_range"] else " (out of range)"
         for r in (r for r in report["rows"] if r["budget_ms"] == b and r["kind"] != "static"):
             lines.append(
-                f"{b:9.2f} {r['method']:<12} {r['accuracy']:6.3f} {r['accuracy_within_budget']:7.3f} "
+                f"{b:9.2f} {r['method']:<{width}} {r['accuracy']:6.3f} {r['accuracy_within_budget']:7.3f} "
                 f"{r['mean_latency_ms']:8.2f} {r['p95_latency_ms']:8.2f} {r['violation_rate']:6.1%} "
                 f"{r['controller_overhead']:6.1%}{flag}"
             )
         met = [r for r in static if r["budget_ms"] == b and r["violation_rate"] <= 0.05]
         if met:
             best = max(met, key=lambda r: r["accuracy"])
-            lines.append(f"{b:9.2f} {'best static':<12} {best['accuracy']:6.3f} (chosen on the evaluation split "
+            lines.append(f"{b:9.2f} {'best static':<{width}} {best['accuracy']:6.3f} (chosen on the evaluation split "
                          f"itself, an upper bound: {best['method']})")  # fmt: skip
     lines += paired_lines(report)
     estimator = report.get("estimator_held_out")

@@ -1,6 +1,6 @@
 """RLlib's PPO on the product's controller: the RLModule's logits and weights, a tiny training run
-through RLlib on the tiny model (`adactrl train --algorithm ppo`), and the model-run cap that lets
-GRPO and PPO compare at an equal rollout budget."""
+through RLlib on the tiny model (`adactrl train --algorithm ppo`) evaluated beside another
+controller, and the model-run cap that lets GRPO and PPO compare at an equal rollout budget."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from adactrl.cli import main
-from adactrl.controller import Controller, ControllerConfig, load_controller
+from adactrl.commands.evaluate import controller_names
+from adactrl.controller import Controller, ControllerConfig, load_controller, save_controller
 from adactrl.data import load_vqa_dataset
 from adactrl.orchestration.driver import run_training
 from adactrl.orchestration.ppo import ControllerRLModule, controller_state, module_config
@@ -68,7 +69,10 @@ def test_the_modules_controller_weights_load_into_the_products_controller(module
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.controller.state_dict().values()))
 
 
-def test_ppo_trains_the_controller_through_rllib(ray_local, tiny_model_dir, tiny_model, tmp_path):
+@pytest.fixture(scope="module")
+def ppo_run(ray_local, tiny_model_dir, tmp_path_factory):
+    """A tiny `adactrl train --algorithm ppo` run: its output dir and MLflow store."""
+    tmp_path = tmp_path_factory.mktemp("ppo_run")
     out = tmp_path / "ppo"
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["train", "--algorithm", "ppo", "--model_path", tiny_model_dir, "--output_dir", str(out),
@@ -77,6 +81,11 @@ def test_ppo_trains_the_controller_through_rllib(ray_local, tiny_model_dir, tiny
             "--oracle_samples", "0", "--num_epochs", "3", "--max_model_runs", "12", "--lr", "0.03",
             "--mlflow_tracking_uri", db]  # fmt: skip
     assert main(argv) == 0
+    return out, db
+
+
+def test_ppo_trains_the_controller_through_rllib(ppo_run, tiny_model):
+    out, db = ppo_run
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "ppo" and summary["model_runs"] == 12 and summary["steps"] == 3  # 4 runs a step
     trained, extra = load_controller(out / "best_model.pt", expected_knob_space=tiny_model.knob_space,
@@ -95,6 +104,26 @@ def test_ppo_trains_the_controller_through_rllib(ray_local, tiny_model_dir, tiny
     (run,) = client.search_runs([client.get_experiment_by_name("adactrl-train").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["algorithm"] == "ppo"
     assert {"loss/policy", "loss/value", "reward/total", "val/accuracy"} <= set(run.data.metrics)
+
+
+def test_evaluate_reports_each_controller_as_a_row(ppo_run, tiny_model_dir, tiny_model, tmp_path):
+    out, _ = ppo_run
+    untrained = tmp_path / "untrained.pt"
+    _, extra = load_controller(out / "best_model.pt")
+    save_controller(untrained, Controller(ControllerConfig(d_model=tiny_model.hidden_size), tiny_model.knob_space),
+                    extra={"budget_range": extra["budget_range"]})  # fmt: skip
+    argv = ["evaluate", "--controller", str(untrained), str(out / "best_model.pt"), "--controller_names", "untrained",
+            "ppo", "--model_path", tiny_model_dir, "--num_samples", "2", "--profile_samples", "2", "--budgets", "8",
+            "100", "--static_plans", "none", "--baselines", "oracles", "--no_budget_token_check",
+            "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    rows = {(r["method"], r["budget_ms"]) for r in report["rows"]}
+    assert {("untrained", 8.0), ("ppo", 8.0), ("untrained", 100.0), ("ppo", 100.0)} <= rows
+    assert [p["minus_first"]["ppo"]["num_questions"] for p in report["paired"]] == [2, 2]
+    with pytest.raises(ValueError, match="one distinct name per --controller"):
+        controller_names(["a.pt", "b.pt"], ["same", "same"])
+    assert controller_names(["runs/grpo/best_model.pt", "runs/ppo/best_model.pt"], None) == ["grpo", "ppo"]
 
 
 def test_grpo_stops_at_the_same_model_run_cap(tiny_model_dir, tmp_path):
