@@ -76,7 +76,6 @@ class Ingress:
         self.cheapest_ms: float | None = None
         """The replicas' calibrated cheapest-plan latency (the largest one reported)."""
         self.info: dict[str, Any] | None = None
-        self._info = replica.info.remote()  # asked now: the first request does not wait for it
         self._info_lock = asyncio.Lock()
 
     @api.get("/health")
@@ -145,7 +144,7 @@ class Ingress:
     async def _replica_info(self) -> dict[str, Any]:
         async with self._info_lock:  # the first requests may come together; the answer is read once
             if self.info is None:
-                self.info = await self._info
+                self.info = await self.replica.info.remote()
                 self.cheapest_ms = self.info["cheapest_ms"]
         return self.info
 

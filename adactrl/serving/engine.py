@@ -79,17 +79,26 @@ class ServingEngine:
         return cls(model, controller, max_new_tokens=config.max_new_tokens, device=device,
                    calibration_runs=config.calibration_runs)  # fmt: skip
 
-    def calibrate(self, runs: int) -> float:
+    def calibrate(self, runs: int, max_rounds: int = 4, agreement: float = 0.25) -> float:
         """p95 of the cheapest plan's latency over `runs` timed runs of a synthetic question, after
-        one untimed run of it and one of the controller (first calls pay one-off costs)."""
+        one untimed run of it and one of the controller (first calls pay one-off costs). Rounds of
+        `runs` repeat until two in a row agree within `agreement` (at most `max_rounds`), and the
+        last is kept: a replica starts while Ray is still starting worker processes beside it, and
+        a round timed then would set the refusal threshold too high for the replica's lifetime."""
         from adactrl.data import load_vqa_dataset
 
         row = load_vqa_dataset("synthetic", "validation", 1, seed=0)[0]
         kwargs = {"max_new_tokens": self.max_new_tokens, "device": self.device}
         adaptive_infer(self.model, self.controller, row["image"], row["question"], 1000.0, **kwargs)
-        times = [self._run_cheapest(row["image"], row["question"], self.max_new_tokens).total_ms
-                 for _ in range(runs + 1)][1:]  # fmt: skip
-        return nearest_rank(times, CALIBRATION_QUANTILE)
+        self._run_cheapest(row["image"], row["question"], self.max_new_tokens)
+        previous = None
+        for _ in range(max_rounds):
+            times = [self._run_cheapest(row["image"], row["question"], self.max_new_tokens).total_ms for _ in range(runs)]
+            p95 = nearest_rank(times, CALIBRATION_QUANTILE)
+            if previous is not None and abs(p95 - previous) <= agreement * min(p95, previous):
+                break
+            previous = p95
+        return p95
 
     def answer(self, request: InferRequest, arrived_s: float, reserve_ms: float = 0.0) -> ServeOutcome:
         """Run `request`, which arrived at `arrived_s` (time.time(), on the ingress's clock), with

@@ -56,7 +56,8 @@ def test_sigterm_stops_the_server_and_its_ray_instance(checkpoint):
             except requests.RequestException:  # the proxy may be up before the application
                 assert server.poll() is None, server.stdout.read()
             time.sleep(1.0)
-        assert post_infer(f"http://127.0.0.1:{port}", budget_ms=60_000).status_code == 200
+        response = post_infer(f"http://127.0.0.1:{port}", budget_ms=60_000)
+        assert response.status_code == 200, response.text
         assert len(marked_processes(marker)) > 3  # the command, Ray's GCS, raylet, Serve's actors
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=120)

@@ -2,6 +2,7 @@
 too little left is refused without model time, or run at the cheapest plan with best_effort."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,3 +49,13 @@ def test_too_little_left_is_refused_at_once_or_run_cheapest_with_best_effort(eng
 def test_a_word_the_model_does_not_know_is_a_bad_request(engine):
     with pytest.raises(RequestError, match="zebra"):
         engine.answer(parse_infer_json(infer(prompt="what color is the zebra ?", budget_ms=60_000)), time.time())
+
+
+def test_calibration_repeats_until_two_rounds_agree(engine, monkeypatch):
+    # a first round timed while the machine was busy (100 ms), then 30 and 31 ms: agreed, 31 kept
+    times = iter([5.0] + [100.0] * 3 + [30.0] * 3 + [31.0] * 3)
+    monkeypatch.setattr(engine, "_run_cheapest", lambda *args: SimpleNamespace(total_ms=next(times)))
+    assert engine.calibrate(3) == 31.0
+    steady = iter([5.0] + [40.0] * 3 + [41.0] * 3)
+    monkeypatch.setattr(engine, "_run_cheapest", lambda *args: SimpleNamespace(total_ms=next(steady)))
+    assert engine.calibrate(3) == 41.0  # two rounds when the first already agrees with the second
