@@ -88,6 +88,28 @@ def test_requests_in_answers_out_at_the_budget(tmp_path, molmoe, monkeypatch):
     assert answerer.generate_until([], {}) == []
 
 
+def test_a_trained_controller_checkpoint_is_loaded_with_its_thread_count(tmp_path, molmoe):
+    import torch
+
+    from adactrl.controller import Controller, ControllerConfig, save_controller
+    from adactrl.models import load_model
+
+    model = load_model(molmoe)
+    saved = Controller(ControllerConfig(d_model=model.hidden_size, seed=5), model.knob_space)
+    save_controller(tmp_path / "best_model.pt", saved, extra={"budget_range": {"num_threads": 1}})
+    threads = torch.get_num_threads()
+    try:
+        answerer = BudgetedAnswerer(LmmsArgs.parse({"model_path": molmoe, "controller": str(tmp_path / "best_model.pt"),
+                                                    "budget_ms": 80}))  # fmt: skip
+        assert torch.get_num_threads() == 1  # budgets are milliseconds at the training run's thread count
+    finally:
+        torch.set_num_threads(threads)
+    loaded = answerer.controller.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in saved.state_dict().items())
+    with pytest.raises(FileNotFoundError):
+        BudgetedAnswerer(LmmsArgs(budget_ms=80.0, model_path=molmoe, controller=str(tmp_path / "missing.pt")))
+
+
 def test_a_document_without_exactly_one_image_is_refused(tmp_path, molmoe):
     dataset = load_vqa_dataset("text_vqa", "validation", 1, seed=0, data_dir=write_hub_repo(tmp_path / "tv", "text_vqa"))
     answerer = BudgetedAnswerer(LmmsArgs(budget_ms=100.0, model_path=molmoe, warmup=0))
