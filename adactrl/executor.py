@@ -289,11 +289,12 @@ def execute_group(
             plans[i] = (plan, runs[plan, id(prefill)])
     shared_ms = shared.finish()
     run_ms = {id(run): run.timer.finish() for _, run in plans}
-    return [
-        _result(model, plan, run.generated, _compose(plan, run, timer.finish(), run_ms[id(run)], shared_ms, overhead_ms),
-                image_tokens[plan.tier], prompt_ids, language_feature, run.prefill.hidden[0, -1])
-        for (plan, run), timer in zip(plans, timers)
-    ]  # fmt: skip
+    results = []
+    for (plan, run), timer in zip(plans, timers):
+        latency = _compose(plan, run, timer.finish(), run_ms[id(run)], shared_ms, overhead_ms)
+        results.append(_result(model, plan, run.generated, latency, image_tokens[plan.tier], prompt_ids,
+                               language_feature, run.prefill.hidden[0, -1]))  # fmt: skip
+    return results
 
 
 def _compose(

@@ -172,14 +172,18 @@ class RolloutWorker:
 
     def _run_sampled(self, sample: PreparedSample, budget: float, generator: torch.Generator) -> PlanOutcome:
         """One sampled plan run end to end."""
-        out = adaptive_infer(self.model, self.controller, sample.image, sample.question, budget, greedy=False,
-                             generator=generator, max_new_tokens=self.config.max_new_tokens, device=self.device)  # fmt: skip
+        out = adaptive_infer(
+            self.model, self.controller, sample.image, sample.question, budget, greedy=False, generator=generator,
+            max_new_tokens=self.config.max_new_tokens, device=self.device,
+        )  # fmt: skip
         return self._score(sample, out)
 
     def _score(self, sample: PreparedSample, out: AdaptiveResult) -> PlanOutcome:
         """A training run scored: the reward on the estimate in estimated mode, else the measurement."""
-        return score_outcome(self.model, sample, out, self.config.reward, latency_fn=self.latency_fn,
-                             estimate_fn=self.estimate_fn, reward_on_estimate=True, scorer=self.scorers["train"])  # fmt: skip
+        return score_outcome(
+            self.model, sample, out, self.config.reward, latency_fn=self.latency_fn, estimate_fn=self.estimate_fn,
+            reward_on_estimate=True, scorer=self.scorers["train"],
+        )  # fmt: skip
 
     def _run_shared(
         self, sample: PreparedSample, plans: list[tuple[float, torch.Generator]], request: RolloutRequest, first: int
