@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.tune.registry import register_env
 
 from adactrl.cli import main
 from adactrl.commands.evaluate import controller_names
@@ -18,6 +20,7 @@ from adactrl.controller import Controller, ControllerConfig, load_controller, sa
 from adactrl.data import load_vqa_dataset
 from adactrl.orchestration.driver import run_training
 from adactrl.orchestration.ppo import ControllerRLModule, controller_state, module_config
+from adactrl.orchestration.ppo.training import ENV_NAME, EnvSettings, make_env, ppo_config
 from adactrl.reward import RewardConfig
 from adactrl.rl_env import AdaptiveInferenceEnv
 from adactrl.training.config import LearnerConfig, TrainConfig
@@ -124,6 +127,21 @@ def test_evaluate_reports_each_controller_as_a_row(ppo_run, tiny_model_dir, tiny
     with pytest.raises(ValueError, match="one distinct name per --controller"):
         controller_names(["a.pt", "b.pt"], ["same", "same"])
     assert controller_names(["runs/grpo/best_model.pt", "runs/ppo/best_model.pt"], None) == ["grpo", "ppo"]
+
+
+def test_an_env_runner_draws_a_new_question_and_budget_each_episode(ray_local, tiny_model_dir, tiny_model, tmp_path):
+    config = small_config(tmp_path / "run", tiny_model_dir, algorithm="ppo", budget_range_ms=(5.0, 500.0))
+    settings = EnvSettings(tiny_model_dir, None, ("synthetic",), 4, 0, None, (5.0, 500.0), RewardConfig(), 4, 0,
+                           cost_latency)  # fmt: skip
+    controller = Controller(ControllerConfig(d_model=tiny_model.hidden_size), tiny_model.knob_space)
+    register_env(ENV_NAME, make_env)
+    runner = SingleAgentEnvRunner(config=ppo_config(config, settings, module_config(controller, (5.0, 500.0), None), 0),
+                                  worker_index=1)  # fmt: skip
+    episodes = runner.sample() + runner.sample()  # two updates' worth: 2 x 6 episodes of 2 steps
+    runner.stop()
+    assert [len(e) for e in episodes] == [2] * 12 and all(e.is_done for e in episodes)
+    drawn = [(e.get_infos(-1)["sample_id"], e.get_infos(-1)["budget_ms"]) for e in episodes]
+    assert len(set(drawn)) == 12 and {i for i, _ in drawn} == {0, 1, 2, 3}
 
 
 def test_grpo_stops_at_the_same_model_run_cap(tiny_model_dir, tmp_path):

@@ -130,6 +130,10 @@ def episode_means(env_results: dict[str, Any]) -> dict[str, float]:
 def ppo_config(config: TrainConfig, settings: EnvSettings, spec: dict, gpus: float) -> PPOConfig:
     """RLlib's PPO on the new API stack, sized as the GRPO run: one update per GRPO request's runs."""
     episodes = config.batch_size * config.budgets_per_sample * config.group_size
+    # "truncate_episodes" with an even fragment: every fragment ends with an episode. RLlib's
+    # "complete_episodes" samples one episode per call and resets the env with its seed before
+    # each, so every episode of a runner would replay the same question at the same budget.
+    fragment = 2 * math.ceil(episodes / config.num_workers)
     workers_gpu = 1 if gpus >= config.num_workers else 0
     loss = config.learner.loss
     return (
@@ -137,12 +141,14 @@ def ppo_config(config: TrainConfig, settings: EnvSettings, spec: dict, gpus: flo
         .environment(ENV_NAME, env_config={"settings": settings})
         .env_runners(num_env_runners=config.num_workers, num_envs_per_env_runner=1,
                      num_cpus_per_env_runner=config.worker_cpus, num_gpus_per_env_runner=workers_gpu,
-                     batch_mode="complete_episodes", create_local_env_runner=False)  # fmt: skip
+                     batch_mode="truncate_episodes", rollout_fragment_length=fragment,
+                     create_local_env_runner=False)  # fmt: skip
         .learners(num_learners=0, num_gpus_per_learner=1 if gpus - workers_gpu * config.num_workers >= 1 else 0)
         .training(lr=config.learner.lr, gamma=1.0, lambda_=1.0, clip_param=loss.clip_eps,
                   entropy_coeff=loss.entropy_coef, vf_loss_coeff=VF_LOSS_COEFF, use_kl_loss=False,
                   grad_clip=config.learner.max_grad_norm, grad_clip_by="global_norm",
-                  train_batch_size_per_learner=2 * episodes, minibatch_size=2 * episodes,
+                  train_batch_size_per_learner=fragment * config.num_workers,
+                  minibatch_size=fragment * config.num_workers,
                   num_epochs=SGD_EPOCHS)  # fmt: skip
         .rl_module(rl_module_spec=RLModuleSpec(module_class=ControllerRLModule, model_config=spec))
         .callbacks(EpisodeSums)
