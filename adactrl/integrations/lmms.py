@@ -160,7 +160,7 @@ class BudgetedAnswerer:
                                  max_new_tokens=gen_kwargs.get("max_new_tokens"))  # fmt: skip
             texts.append(answer.text)
         if self.answers:
-            log.info("adactrl: %d requests at budget %.1f ms: mean latency %.2f ms, %d missed the budget",
+            log.info("%d requests at budget %.1f ms: mean latency %.2f ms, %d missed the budget",
                      len(self.answers), self.args.budget_ms, statistics.fmean(a.latency_ms for a in self.answers),
                      sum(not a.met for a in self.answers))  # fmt: skip
         return texts
@@ -176,6 +176,11 @@ def _lmms_model_class() -> type:
 
         def __init__(self, **model_args: Any) -> None:
             super().__init__()
+            if not log.handlers:  # lmms-eval logs through loguru: show the budget summary beside its output
+                handler = logging.StreamHandler()
+                handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+                log.addHandler(handler)
+                log.setLevel(logging.INFO)
             self.answerer = BudgetedAnswerer(LmmsArgs.parse(model_args))
 
         def generate_until(self, requests: list) -> list[str]:
