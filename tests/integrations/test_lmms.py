@@ -46,6 +46,16 @@ def test_answers_stop_at_the_tasks_stop_strings():
     assert cut_at_stops("yes", []) == "yes"
 
 
+def test_pyproject_registers_the_model_with_lmms_eval():
+    import tomllib
+    from importlib import import_module
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    module, function = project["entry-points"]["lmms_eval.models"]["adactrl"].split(":")
+    assert callable(getattr(import_module(module), function)) and project["optional-dependencies"]["lmms"]
+
+
 def test_model_class_needs_lmms_eval_only_when_asked_for():
     assert lmms.MODEL_ID == "adactrl"
     if importlib.util.find_spec("lmms_eval") is None:
