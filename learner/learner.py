@@ -13,6 +13,7 @@ import copy
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -39,6 +40,7 @@ from adactrl.reward import Reward
 from adactrl.training.config import LearnerConfig
 from adactrl.training.loss import BatchTensors, compute_loss
 from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef, estimate_errors
+from adactrl.training.summary import per_dataset
 
 
 class NonFiniteError(ValueError):
@@ -151,7 +153,8 @@ class Learner:
 
 def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
     """Means over a batch's plans: reward components, accuracy, latency, violations, throughput,
-    and with --latency_mode estimated the latency estimator's error."""
+    and with --latency_mode estimated the latency estimator's error; on a batch that mixes
+    datasets, the means of each dataset's plans too (`rollout/<dataset>/accuracy`, ...)."""
     records = batch.records
     metrics = {
         ROLLOUT_NUM_PLANS: float(len(records)),
@@ -159,14 +162,16 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
         ROLLOUT_PLANS_PER_S: batch.plans_per_s,
     }
     if records:
-        metrics |= mean_reward([r.reward for r in records]).to_metrics()
-        metrics |= {
-            ROLLOUT_ACCURACY: statistics.fmean(r.accuracy for r in records),
-            ROLLOUT_LATENCY_MS: statistics.fmean(r.latency_ms["total"] for r in records),
-            ROLLOUT_VIOLATION_RATE: statistics.fmean(float(r.violated) for r in records),
-        }
-        metrics |= estimate_errors(r.latency_ms for r in records)
+        metrics |= _record_means(records) | per_dataset(records, _record_means)
     return metrics
+
+
+def _record_means(records: Sequence[RolloutRecord]) -> dict[str, float]:
+    return mean_reward([r.reward for r in records]).to_metrics() | {
+        ROLLOUT_ACCURACY: statistics.fmean(r.accuracy for r in records),
+        ROLLOUT_LATENCY_MS: statistics.fmean(r.latency_ms["total"] for r in records),
+        ROLLOUT_VIOLATION_RATE: statistics.fmean(float(r.violated) for r in records),
+    } | estimate_errors(r.latency_ms for r in records)
 
 
 def mean_reward(rewards: list[Reward]) -> Reward:

@@ -12,15 +12,19 @@ from adactrl.metrics import (
     LOSS_NUM_PAIRS,
     LOSS_RATIO_MEAN,
     POLICY_VERSION,
+    ROLLOUT_ACCURACY,
     ROLLOUT_NUM_GROUPS,
     ROLLOUT_NUM_STALE_DROPPED,
+    ROLLOUT_VIOLATION_RATE,
 )
 from adactrl.reward import Reward
 from adactrl.training.config import LearnerConfig, LossConfig
 from adactrl.training.loss import BatchTensors
 from adactrl.training.records import RolloutBatch, RolloutRecord
+from adactrl.training.summary import dataset_metric
 import learner.learner as learner_module
 from learner import Learner, NonFiniteError
+from learner.learner import rollout_metrics
 
 D = 16
 SPACE = KnobSpace.from_model(num_layers=16, default_top_k=8)
@@ -227,3 +231,17 @@ def test_scheduler_lowers_the_lr_on_a_plateau():
     assert learner.optimizer.param_groups[1]["lr"] == pytest.approx(5e-4)
     with pytest.raises(NonFiniteError):
         learner.scheduler_step(float("nan"))
+
+
+def test_rollout_metrics_of_a_mixed_batch_are_also_reported_per_dataset():
+    c = make_controller()
+    text = [dataclasses.replace(make_record(c, i, 50.0, 1.0), family="text_vqa", accuracy=1.0) for i in range(2)]
+    caption = dataclasses.replace(make_record(c, 2, 50.0, 0.1), family="coco_caption", accuracy=0.1,
+                                  latency_ms={"total": 70.0, "controller": 0.1})  # fmt: skip
+    metrics = rollout_metrics(batch_of([*text, caption]))
+    assert metrics[ROLLOUT_ACCURACY] == pytest.approx(0.7)  # (1 + 1 + 0.1) / 3
+    assert metrics[dataset_metric(ROLLOUT_ACCURACY, "text_vqa")] == 1.0
+    assert metrics[dataset_metric(ROLLOUT_ACCURACY, "coco_caption")] == pytest.approx(0.1)
+    assert metrics[dataset_metric(ROLLOUT_VIOLATION_RATE, "coco_caption")] == 1.0  # 70 ms > 50 ms
+    # one dataset: no per-dataset keys (its means are the batch's)
+    assert not [k for k in rollout_metrics(batch_of(text)) if "/text_vqa/" in k]
