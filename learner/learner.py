@@ -29,7 +29,10 @@ from adactrl.metrics import (
     POLICY_LAG,
     POLICY_VERSION,
     ROLLOUT_ACCURACY,
+    ROLLOUT_COMPOSITION_ABS_ERROR,
+    ROLLOUT_COMPOSITION_ERROR,
     ROLLOUT_LATENCY_MS,
+    ROLLOUT_NUM_COMPOSITION_CHECKS,
     ROLLOUT_NUM_PLANS,
     ROLLOUT_NUM_SKIPPED,
     ROLLOUT_NUM_STALE_DROPPED,
@@ -39,7 +42,14 @@ from adactrl.metrics import (
 from adactrl.reward import Reward
 from adactrl.training.config import LearnerConfig
 from adactrl.training.loss import BatchTensors, compute_loss
-from adactrl.training.records import RolloutBatch, RolloutRecord, WeightsRef, estimate_errors
+from adactrl.training.records import (
+    CHECKED_TOTAL,
+    COMPOSED_TOTAL,
+    RolloutBatch,
+    RolloutRecord,
+    WeightsRef,
+    estimate_errors,
+)
 from adactrl.training.summary import per_dataset
 
 
@@ -154,7 +164,8 @@ class Learner:
 def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
     """Means over a batch's plans: reward components, accuracy, latency, violations, throughput,
     and with --latency_mode estimated the latency estimator's error; on a batch that mixes
-    datasets, the means of each dataset's plans too (`rollout/<dataset>/accuracy`, ...)."""
+    datasets, the means of each dataset's plans too (`rollout/<dataset>/accuracy`, ...); in shared
+    mode with --composition_check_every, the composed latency's error against the end-to-end runs."""
     records = batch.records
     metrics = {
         ROLLOUT_NUM_PLANS: float(len(records)),
@@ -163,6 +174,12 @@ def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:
     }
     if records:
         metrics |= _record_means(records) | per_dataset(records, _record_means)
+    errors = [(ms[COMPOSED_TOTAL] - ms[CHECKED_TOTAL]) / ms[CHECKED_TOTAL]
+              for ms in (r.latency_ms for r in records) if CHECKED_TOTAL in ms and ms[CHECKED_TOTAL] > 0]  # fmt: skip
+    if errors:
+        metrics |= {ROLLOUT_NUM_COMPOSITION_CHECKS: float(len(errors)),
+                    ROLLOUT_COMPOSITION_ERROR: statistics.median(errors),
+                    ROLLOUT_COMPOSITION_ABS_ERROR: statistics.median(abs(e) for e in errors)}  # fmt: skip
     return metrics
 
 

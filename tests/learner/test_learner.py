@@ -13,6 +13,9 @@ from adactrl.metrics import (
     LOSS_RATIO_MEAN,
     POLICY_VERSION,
     ROLLOUT_ACCURACY,
+    ROLLOUT_COMPOSITION_ABS_ERROR,
+    ROLLOUT_COMPOSITION_ERROR,
+    ROLLOUT_NUM_COMPOSITION_CHECKS,
     ROLLOUT_NUM_GROUPS,
     ROLLOUT_NUM_STALE_DROPPED,
     ROLLOUT_VIOLATION_RATE,
@@ -20,7 +23,7 @@ from adactrl.metrics import (
 from adactrl.reward import Reward
 from adactrl.training.config import LearnerConfig, LossConfig
 from adactrl.training.loss import BatchTensors
-from adactrl.training.records import RolloutBatch, RolloutRecord
+from adactrl.training.records import CHECKED_TOTAL, COMPOSED_TOTAL, RolloutBatch, RolloutRecord
 from adactrl.training.summary import dataset_metric
 import learner.learner as learner_module
 from learner import Learner, NonFiniteError
@@ -245,3 +248,14 @@ def test_rollout_metrics_of_a_mixed_batch_are_also_reported_per_dataset():
     assert metrics[dataset_metric(ROLLOUT_VIOLATION_RATE, "coco_caption")] == 1.0  # 70 ms > 50 ms
     # one dataset: no per-dataset keys (its means are the batch's)
     assert not [k for k in rollout_metrics(batch_of(text)) if "/text_vqa/" in k]
+
+
+def test_composition_error_over_the_checked_plans():
+    c = make_controller()
+    checked = [dataclasses.replace(make_record(c, i, 50.0, 1.0), latency_ms={"total": t, COMPOSED_TOTAL: t, CHECKED_TOTAL: e})
+               for i, (t, e) in enumerate([(11.0, 10.0), (9.0, 10.0), (20.0, 16.0)])]  # fmt: skip
+    metrics = rollout_metrics(batch_of([*checked, make_record(c, 3, 50.0, 1.0)]))
+    assert metrics[ROLLOUT_NUM_COMPOSITION_CHECKS] == 3.0  # the unchecked record does not count
+    assert metrics[ROLLOUT_COMPOSITION_ERROR] == pytest.approx(0.1)  # median of +0.1, -0.1, +0.25
+    assert metrics[ROLLOUT_COMPOSITION_ABS_ERROR] == pytest.approx(0.1)
+    assert ROLLOUT_COMPOSITION_ERROR not in rollout_metrics(batch_of([make_record(c, 3, 50.0, 1.0)]))
