@@ -37,7 +37,10 @@ from ray.tune.registry import register_env
 
 from adactrl.controller import Controller, ControllerConfig, load_controller, save_controller
 from adactrl.eval.scoring import AnswerScorer
-from adactrl.metrics import LOSS_ENTROPY, LOSS_GRAD_NORM, LOSS_POLICY, LOSS_TOTAL, REWARD_PREFIX, VAL_REWARD
+from adactrl.metrics import (
+    LOSS_ENTROPY, LOSS_GRAD_NORM, LOSS_POLICY, LOSS_TOTAL, REWARD_PREFIX, ROLLOUT_ACCURACY, ROLLOUT_LATENCY_MS,
+    ROLLOUT_VIOLATION_RATE, VAL_REWARD,
+)  # fmt: skip
 from adactrl.orchestration.driver import TrainOutcome, write_outputs
 from adactrl.orchestration.ppo.module import ControllerRLModule, controller_state, module_config
 from adactrl.orchestration.ray_backend import actor_bundles, check_cluster_holds, local_cpus, start_ray
@@ -62,7 +65,6 @@ ROLLOUT_MODEL_RUNS = "rollout/model_runs"
 """Model runs (episodes) sampled so far in the run: the x axis the two algorithms share."""
 LOSS_VALUE = "loss/value"
 LOSS_VF_EXPLAINED_VAR = "loss/vf_explained_var"
-EPISODE_KEYS = ("accuracy", "latency_ms", "violated")
 _LEARNER_KEYS = {"total_loss": LOSS_TOTAL, "policy_loss": LOSS_POLICY, "vf_loss": LOSS_VALUE,
                  "entropy": LOSS_ENTROPY, "vf_explained_var": LOSS_VF_EXPLAINED_VAR,
                  "gradients_default_optimizer_global_norm": LOSS_GRAD_NORM}  # fmt: skip
@@ -123,7 +125,7 @@ def episode_means(env_results: dict[str, Any]) -> dict[str, float]:
     count = float(sums.get("episodes", 0.0))
     if not count:
         return {}
-    names = {"accuracy": "rollout/accuracy", "latency_ms": "rollout/latency_ms", "violated": "rollout/violation_rate"}
+    names = {"accuracy": ROLLOUT_ACCURACY, "latency_ms": ROLLOUT_LATENCY_MS, "violated": ROLLOUT_VIOLATION_RATE}
     return {names.get(key, key): float(value) / count for key, value in sums.items() if key != "episodes"}
 
 
