@@ -7,8 +7,9 @@ number of training model runs and on the same CPU (issue 32).
 A validation profile of the shipped model comes first: it sets one budget range for every run
 (the cheapest and the full plan's p95 latency times 1.1, as `adactrl train` calibrates), so both
 algorithms validate at the same budgets, and it is the oracle's table in the evaluation. Then per
-seed `adactrl train --algorithm grpo` and `--algorithm ppo` run one after the other with the same
-flags and `--max_model_runs`, validating every epoch; the learning curves come from their MLflow
+seed `adactrl train --algorithm grpo --rollout_mode per_plan` (every plan run end to end, as in
+PPO's environment) and `--algorithm ppo` run one after the other with the same flags and
+`--max_model_runs`, validating every epoch; the learning curves come from their MLflow
 runs (validation reward against model runs and against seconds since the run began). Finally
 `adactrl evaluate` runs both best_model.pt side by side on held-out test questions against the
 static oracle, paired per question. Every run is timed by its inference thread's CPU time
@@ -68,8 +69,10 @@ def main() -> int:
         runs = {}
         for algorithm in ALGORITHMS:
             run = out / f"seed_{seed}" / algorithm
+            # GRPO runs every plan end to end, as PPO's environment does (not the shared-stage rollouts)
+            mode = ["--rollout_mode", "per_plan"] if algorithm == "grpo" else []
             step(args.reuse, run / "summary.json", CLI + ["train", "--algorithm", algorithm, "--seed", str(seed),
-                 "--output_dir", str(run), "--overwrite", *common], run.with_suffix(".log"))  # fmt: skip
+                 "--output_dir", str(run), "--overwrite", *mode, *common], run.with_suffix(".log"))  # fmt: skip
             runs[algorithm] = curve(run, out / "mlflow.db", per_epoch, args.max_model_runs)
         entry = {"seed": seed, "runs": runs}
         if args.num_test:
