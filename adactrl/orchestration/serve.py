@@ -74,7 +74,7 @@ class Ingress:
         self.metrics = ServeMetrics()
         self.queue = QueueModel(config.num_replicas)
         self.cheapest_ms: float | None = None
-        """The replicas' calibrated cheapest-plan latency (the largest one reported)."""
+        """What the cheapest plan takes on the replicas now, as the latest answer reported it."""
         self.info: dict[str, Any] | None = None
         self._info_lock = asyncio.Lock()
 
@@ -137,8 +137,9 @@ class Ingress:
             self.queue.outstanding -= 1
         if isinstance(outcome, RequestError):
             raise outcome
-        self.queue.observe((time.time() - arrived) * 1000.0 - outcome.queue_ms, outcome.model_ms)
-        self.cheapest_ms = max(self.cheapest_ms, outcome.cheapest_ms)
+        if not outcome.rejected:  # a refusal takes a replica a few ms: it says nothing of a request's service time
+            self.queue.observe((time.time() - arrived) * 1000.0 - outcome.queue_ms, outcome.model_ms)
+        self.cheapest_ms = outcome.cheapest_ms  # the replica's latest view: slower under load, back when it eases
         return outcome
 
     async def _replica_info(self) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 When the request reaches a replica, `admit` decides from what is left of its budget:
 
-- at least the cheapest plan's calibrated latency left: the controller plans for what is left;
+- at least the cheapest plan's calibrated latency left: the controller plans for what is left
+  (the replica runs the cheapest plan instead when what is left is below the lowest budget of
+  the controller's training range: it never learned a plan for such a budget, and its choice
+  there is a guess that measured 10-35% violations in a load test, docs/serving.md);
 - less, and the client sent `best_effort`: the cheapest plan runs (the answer comes, late);
 - less, without `best_effort`: HTTP 429 with Retry-After, at once, without model time. An
   overloaded server then sheds load as refusals a client can see and retry, not as answers that

@@ -4,6 +4,7 @@ plan's latency measured where the replica runs."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -12,10 +13,14 @@ from adactrl.controller import Controller
 from adactrl.controller.adaptive import adaptive_infer
 from adactrl.executor import InferenceResult, StaticPolicy, execute
 from adactrl.models.adapter import MoEVLM
-from adactrl.serving.budget import CHEAPEST, REJECTED, Admission, admit
+from adactrl.serving.budget import CHEAPEST, CONTROLLER, REJECTED, Admission, admit
 from adactrl.serving.config import ServeConfig
 from adactrl.serving.requests import InferRequest, RequestError
 from adactrl.training.records import CALIBRATION_QUANTILE, nearest_rank
+
+
+RECENT_RUNS = 20
+MIN_RECENT_RUNS = 5
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,11 @@ class ServingEngine:
         space = model.knob_space
         self.cheapest = space.plan(space.tiers[0], space.insertion_positions[0], space.top_k_values[0],
                                    space.num_blocks_values[0], model.importance)  # fmt: skip
-        self.cheapest_ms = self.calibrate(calibration_runs)
+        self.calibrated_ms = self.calibrate(calibration_runs)
+        self.recent_cheapest: deque[float] = deque(maxlen=RECENT_RUNS)
+        """The latest runs of the cheapest plan while serving: under load they take longer than at start."""
+        self.trained_low_ms = float(self.controller.budget_encoder.range_ms[0])
+        """The lowest budget of the controller's training range: below it the cheapest plan runs."""
 
     @classmethod
     def load(cls, config: ServeConfig) -> ServingEngine:
@@ -78,6 +87,14 @@ class ServingEngine:
         torch.set_num_threads(config.num_threads or stored or max(1, int(config.replica_cpus)))
         return cls(model, controller, max_new_tokens=config.max_new_tokens, device=device,
                    calibration_runs=config.calibration_runs)  # fmt: skip
+
+    @property
+    def cheapest_ms(self) -> float:
+        """What the cheapest plan takes now: the calibrated p95, or the p95 of its recent runs when
+        the machine has slowed since (a load the replica's own requests and its neighbours make)."""
+        if len(self.recent_cheapest) < MIN_RECENT_RUNS:
+            return self.calibrated_ms
+        return max(self.calibrated_ms, nearest_rank(list(self.recent_cheapest), CALIBRATION_QUANTILE))
 
     def calibrate(self, runs: int, max_rounds: int = 4, agreement: float = 0.25) -> float:
         """p95 of the cheapest plan's latency over `runs` timed runs of a synthetic question, after
@@ -108,10 +125,13 @@ class ServingEngine:
         admission = admit(request.budget_ms, waited_ms + reserve_ms, self.cheapest_ms, request.best_effort)
         if admission.plan == REJECTED:
             return ServeOutcome(admission, waited_ms, self.cheapest_ms)
+        if admission.plan == CONTROLLER and admission.remaining_ms < self.trained_low_ms:
+            admission = Admission(CHEAPEST, admission.remaining_ms)  # below any budget it learned
         tokens = min(request.max_new_tokens or self.max_new_tokens, self.max_new_tokens)
         try:
             if admission.plan == CHEAPEST:
                 result = self._run_cheapest(request.image, request.prompt, tokens)
+                self.recent_cheapest.append(result.total_ms)
             else:
                 result = adaptive_infer(self.model, self.controller, request.image, request.prompt,
                                         admission.remaining_ms, max_new_tokens=tokens, device=self.device).result  # fmt: skip

@@ -59,3 +59,21 @@ def test_calibration_repeats_until_two_rounds_agree(engine, monkeypatch):
     steady = iter([5.0] + [40.0] * 3 + [41.0] * 3)
     monkeypatch.setattr(engine, "_run_cheapest", lambda *args: SimpleNamespace(total_ms=next(steady)))
     assert engine.calibrate(3) == 41.0  # two rounds when the first already agrees with the second
+
+
+def test_below_the_controllers_training_range_the_cheapest_plan_runs(engine, monkeypatch):
+    monkeypatch.setattr(engine, "trained_low_ms", 50_000.0)  # trained on budgets of 50 s and more
+    outcome = engine.answer(parse_infer_json(infer(budget_ms=40_000)), time.time())
+    assert outcome.admission.plan == CHEAPEST and outcome.knobs == engine.cheapest.to_dict() and outcome.answer
+    assert engine.answer(parse_infer_json(infer(budget_ms=60_000)), time.time()).admission.plan == CONTROLLER
+
+
+def test_the_admission_threshold_follows_the_cheapest_plan_when_the_machine_slows(engine, monkeypatch):
+    monkeypatch.setattr(engine, "calibrated_ms", 20.0)
+    monkeypatch.setattr(engine, "recent_cheapest", type(engine.recent_cheapest)(maxlen=engine.recent_cheapest.maxlen))
+    engine.recent_cheapest.extend([60.0] * 4)
+    assert engine.cheapest_ms == 20.0  # too few runs to say
+    engine.recent_cheapest.append(60.0)
+    assert engine.cheapest_ms == 60.0  # the machine slowed: 60 ms is what the cheapest plan takes now
+    engine.recent_cheapest.extend([10.0] * engine.recent_cheapest.maxlen)
+    assert engine.cheapest_ms == 20.0  # never below the calibrated p95
