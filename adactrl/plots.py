@@ -30,7 +30,7 @@ def plot_pareto(
     ax.plot([s.latency_ms for s in frontier], [s.accuracy for s in frontier], "k-", lw=1.2, label="Pareto frontier")
     for label, latency, accuracy in extra_points:
         ax.scatter([latency], [accuracy], marker="*", s=90, label=label)
-    return _finish(fig, ax, path, "median end-to-end latency (ms)", "VQA accuracy", title)
+    return _finish(fig, ax, path, "median end-to-end latency (ms)", "accuracy", title)
 
 
 _METHOD_STYLES = {

@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from adactrl.eval.vqa import vqa_score
+from adactrl.eval.scoring import AnswerScorer
 from adactrl.executor import InferenceResult, Stage1Choice, Stage2Choice, execute
 from adactrl.knobs import KnobSpace
 from adactrl.models.adapter import MoEVLM
@@ -103,7 +103,13 @@ class AdaptiveInferenceEnv(gym.Env):
         self.split = split
         self.budget_range = budget_range
         self.reward_config = reward
-        self.score = score or (lambda prediction, sample: vqa_score(prediction, sample.answers))
+        if score is None:
+            scorer = AnswerScorer.for_split(split)  # each row by its dataset's metric, as GRPO's rollouts
+
+            def score(prediction: str, sample: PreparedSample) -> float:
+                return scorer(prediction, sample.answers, sample.family)
+
+        self.score = score
         self.latency_fn = latency_fn
         self.max_new_tokens = max_new_tokens
         self.device = device

@@ -329,7 +329,7 @@ def write_outputs(report: dict, requests, summaries, output: Path) -> None:
     _write_csv(output / "evaluation.csv", rows)
     _write_csv(output / "requests.csv", [r.to_row() for r in requests])
     plot_metric_vs_budget(rows, "accuracy", output / "accuracy_vs_budget.png",
-                          ylabel="VQA accuracy", title="Accuracy vs latency budget")  # fmt: skip
+                          ylabel="accuracy (VQA score; CIDEr-D / 10 for captions)", title="Accuracy vs latency budget")  # fmt: skip
     plot_metric_vs_budget(rows, "violation_rate", output / "violation_vs_budget.png", ylabel="budget violation rate",
                           title="Budget violations (target < 5%)", hline=0.05)  # fmt: skip
     evaluated = static_summaries(requests)
