@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -48,6 +49,7 @@ def main() -> int:
     p.add_argument("--num_test", type=int, default=60, help="test questions of the evaluation (0 skips it)")
     p.add_argument("--output_dir", default=str(ROOT / "benchmarks" / "results" / "grpo_vs_ppo"))
     p.add_argument("--reuse", action="store_true", help="skip steps whose outputs already exist")
+    p.add_argument("--grpo_args", default="", help='extra flags of the GRPO runs, e.g. "--advantage_scale batch"')
     args = p.parse_args()
     os.environ["ADACTRL_CPU_CLOCK"] = "thread"  # every step below inherits it
     out = Path(args.output_dir)
@@ -70,7 +72,7 @@ def main() -> int:
         for algorithm in ALGORITHMS:
             run = out / f"seed_{seed}" / algorithm
             # GRPO runs every plan end to end, as PPO's environment does (not the shared-stage rollouts)
-            mode = ["--rollout_mode", "per_plan"] if algorithm == "grpo" else []
+            mode = ["--rollout_mode", "per_plan", *shlex.split(args.grpo_args)] if algorithm == "grpo" else []
             step(args.reuse, run / "summary.json", CLI + ["train", "--algorithm", algorithm, "--seed", str(seed),
                  "--output_dir", str(run), "--overwrite", *mode, *common], run.with_suffix(".log"))  # fmt: skip
             runs[algorithm] = curve(run, out / "mlflow.db", per_epoch, args.max_model_runs)
