@@ -54,10 +54,7 @@ def main() -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    profile = out / "profile_val"
-    step(args.reuse, profile / "profile.parquet", CLI + [
-        "profile", "--split", "validation", "--num_samples", str(args.profile_samples), "--num_threads", "1",
-        "--output_dir", str(profile)], out / "profile.log")  # fmt: skip
+    profile = validation_profile(out, args.profile_samples, args.reuse)
     results = []
     for seed in args.seeds:
         train = out / f"seed_{seed}" / "train"
@@ -77,6 +74,15 @@ def main() -> int:
             write(results, vars(args), out)  # after every evaluation, so a stopped run keeps what finished
     print(format_table(results))
     return 0
+
+
+def validation_profile(out: Path, num_samples: int, reuse: bool) -> Path:
+    """`adactrl profile` of the validation split at one thread, the oracles' table, in out/profile_val."""
+    profile = out / "profile_val"
+    step(reuse, profile / "profile.parquet", CLI + [
+        "profile", "--split", "validation", "--num_samples", str(num_samples), "--num_threads", "1",
+        "--output_dir", str(profile)], out / "profile.log")  # fmt: skip
+    return profile
 
 
 def write(results: list[dict], args: dict, out: Path) -> None:

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from controller_quality import CLI, ROOT, step  # this folder is on sys.path when a benchmark runs as a script
+from controller_quality import CLI, ROOT, step, validation_profile  # this folder is on sys.path when a benchmark runs as a script
 
 ALGORITHMS = ("grpo", "ppo")
 
@@ -54,10 +54,7 @@ def main() -> int:
     os.environ["ADACTRL_CPU_CLOCK"] = "thread"  # every step below inherits it
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    profile = out / "profile_val"
-    step(args.reuse, profile / "profile.parquet", CLI + [
-        "profile", "--split", "validation", "--num_samples", str(args.profile_samples), "--num_threads", "1",
-        "--output_dir", str(profile)], out / "profile.log")  # fmt: skip
+    profile = validation_profile(out, args.profile_samples, args.reuse)
     low, high = budget_range(profile)
     per_epoch = args.num_train_samples * args.group_size
     epochs = -(-args.max_model_runs // per_epoch)

@@ -12,7 +12,6 @@ import requests
 from tests.serving.conftest import PNG, PROMPT, png_base64
 from tests.serving.test_requests import chat
 
-pytest.importorskip("ray.serve")
 
 
 def free_port() -> int:
