@@ -3,8 +3,11 @@
 A plain class: the orchestration layer runs it in process (`LocalBackend`) or inside a Ray actor
 of its own (`adactrl.orchestration.ray_backend.LearnerActor`, which adds the object store). It
 takes rollout batches in request order, drops records older than `max_policy_lag` versions (the
-driver's schedule sends none), forms GRPO groups by (sample_id, budget), takes one Adam step per
-batch through the loss hook, and bumps the version.
+driver's schedule sends none), forms GRPO groups by (sample_id, budget), takes `update_passes` Adam
+steps per batch through the loss hook (the ratio clip bounds the later ones), and bumps the version
+once. The loss metrics are the first pass's (the batch as the policy that sampled it saw it; the
+gradient norm is of that pass too); `loss/last_pass_approx_kl` and `loss/last_pass_clip_fraction`
+say how far the later passes moved.
 """
 
 from __future__ import annotations
@@ -21,11 +24,16 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from torch import Tensor
+
 from adactrl.controller import Controller
+from adactrl.grpo import LossOutput
 from adactrl.metrics import (
     LEARNER_LR_PREFIX,
     LEARNER_UPDATE_MS,
     LOSS_GRAD_NORM,
+    LOSS_LAST_PASS_APPROX_KL,
+    LOSS_LAST_PASS_CLIP_FRACTION,
     POLICY_LAG,
     POLICY_VERSION,
     ROLLOUT_ACCURACY,
@@ -82,7 +90,7 @@ class Learner:
         self.device = next(controller.parameters()).device
 
     def update(self, batch: RolloutBatch) -> LearnerStep:
-        """One Adam step on the batch's fresh-enough records; raises NonFiniteError before any change."""
+        """update_passes Adam steps on the batch's fresh-enough records; raises NonFiniteError before any change."""
         began = time.perf_counter()
         records = list(batch.records)
         _check_rewards(records)
@@ -98,6 +106,33 @@ class Learner:
         _check_inputs(tensors, batch)
         tensors = _to_device(tensors, self.device)
         self.controller.train()
+        restore = _LearnerState(self) if self.config.update_passes > 1 else None
+        try:
+            out, grad_norm = self._step(tensors, batch)
+            last = out
+            for _ in range(self.config.update_passes - 1):
+                last, _ = self._step(tensors, batch)
+        except NonFiniteError:
+            if restore is not None:
+                restore.apply(self)
+            raise
+        lag = [self.version - r.policy_version for r in fresh]
+        self.version += 1
+        metrics |= out.to_metrics() | tensors.groups.to_metrics()
+        if last is not out and last.approx_kl is not None:
+            metrics |= {LOSS_LAST_PASS_APPROX_KL: float(last.approx_kl),
+                        LOSS_LAST_PASS_CLIP_FRACTION: float(last.clip_fraction)}  # fmt: skip
+        metrics |= {
+            LOSS_GRAD_NORM: float(grad_norm),
+            POLICY_LAG: statistics.fmean(lag),
+            POLICY_VERSION: float(self.version),
+            LEARNER_UPDATE_MS: (time.perf_counter() - began) * 1000.0,
+        }
+        metrics |= {LEARNER_LR_PREFIX + g["name"]: float(g["lr"]) for g in self.optimizer.param_groups}
+        return LearnerStep(self.version, True, dropped, metrics)
+
+    def _step(self, tensors: BatchTensors, batch: RolloutBatch) -> tuple[LossOutput, Tensor]:
+        """One Adam step on the batch; raises NonFiniteError before the optimizer moves."""
         out = compute_loss(controller=self.controller, batch_tensors=tensors, config=self.config.loss)
         if not torch.isfinite(out.loss):
             raise NonFiniteError(
@@ -114,17 +149,7 @@ class Learner:
                 "the step was not taken and the last checkpoint is intact"
             )
         self.optimizer.step()
-        lag = [self.version - r.policy_version for r in fresh]
-        self.version += 1
-        metrics |= out.to_metrics() | tensors.groups.to_metrics()
-        metrics |= {
-            LOSS_GRAD_NORM: float(grad_norm),
-            POLICY_LAG: statistics.fmean(lag),
-            POLICY_VERSION: float(self.version),
-            LEARNER_UPDATE_MS: (time.perf_counter() - began) * 1000.0,
-        }
-        metrics |= {LEARNER_LR_PREFIX + g["name"]: float(g["lr"]) for g in self.optimizer.param_groups}
-        return LearnerStep(self.version, True, dropped, metrics)
+        return out, grad_norm
 
     def weights(self) -> WeightsRef:
         """The current controller state with its version: a CPU copy, detached from the learner's tensors."""
@@ -159,6 +184,19 @@ class Learner:
         rng = state["numpy_rng"]
         keys = rng["keys"].numpy().astype(np.uint32)
         np.random.set_state((rng["kind"], keys, rng["pos"], rng["has_gauss"], rng["cached"]))
+
+
+class _LearnerState:
+    """The controller's weights and the optimizer's state before a batch's passes: a later pass that
+    turns non-finite puts them back, so a refused batch changes nothing."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.weights = copy.deepcopy(learner.controller.state_dict())
+        self.optimizer = copy.deepcopy(learner.optimizer.state_dict())
+
+    def apply(self, learner: Learner) -> None:
+        learner.controller.load_state_dict(self.weights)
+        learner.optimizer.load_state_dict(self.optimizer)
 
 
 def rollout_metrics(batch: RolloutBatch) -> dict[str, float]:

@@ -92,6 +92,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             "or none (see README)")
     learn.add_argument("--entropy_coef", type=float, default=_LOSS.entropy_coef)
     learn.add_argument("--max_grad_norm", type=float, default=_L.max_grad_norm)
+    learn.add_argument("--update_passes", type=int, default=_L.update_passes,
+                       help="Adam steps on each rollout batch, bounded by the ratio clip (PPO's epochs)")
     learn.add_argument("--max_policy_lag", type=int, default=None,
                        help="how many policy versions old a rollout batch is when the learner takes it; up to "
                             "this + 1 requests are out at once (default: --num_workers)")
@@ -131,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                         data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None),
         learner=LearnerConfig(
             lr=args.lr, stage1_lr_ratio=args.stage1_lr_ratio, train_budget_encoder=args.train_budget_encoder,
-            max_grad_norm=args.max_grad_norm, max_policy_lag=args.max_policy_lag,
+            max_grad_norm=args.max_grad_norm, max_policy_lag=args.max_policy_lag, update_passes=args.update_passes,
             loss=LossConfig(loss=args.loss, clip_eps=args.clip_eps, entropy_coef=args.entropy_coef,
                             advantage_scale=args.advantage_scale),
         ),  # fmt: skip

@@ -10,6 +10,8 @@ from adactrl.knobs import KnobSpace
 from adactrl.metrics import (
     FRAC_REWARD_ZERO_STD,
     LOSS_NUM_PAIRS,
+    LOSS_LAST_PASS_APPROX_KL,
+    LOSS_LAST_PASS_CLIP_FRACTION,
     LOSS_RATIO_MEAN,
     POLICY_VERSION,
     ROLLOUT_ACCURACY,
@@ -175,6 +177,59 @@ def test_nan_reward_or_loss_stops_the_step_and_changes_nothing(monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in params(c).items())
     after_state = learner.state_dict()["optimizer"]["state"]
     assert all(torch.equal(optimizer_state["state"][i]["exp_avg"], s["exp_avg"]) for i, s in after_state.items())
+
+
+def test_update_passes_take_that_many_adam_steps_and_publish_one_version(monkeypatch):
+    c = make_controller()
+    records = [make_record(c, 0, 50.0, float(r), action_seed=r) for r in range(4)]
+    ratios = []
+    real = learner_module.compute_loss
+
+    def spy(**kwargs):
+        out = real(**kwargs)
+        ratios.append(float(out.ratio_mean))
+        return out
+
+    monkeypatch.setattr(learner_module, "compute_loss", spy)
+    learner = Learner(c, LearnerConfig(update_passes=3))
+    assert LearnerConfig().update_passes == 4  # the default, measured in docs/controller-quality.md
+    step = learner.update(batch_of(records))
+    assert step.version == 1 == learner.version
+    assert len(ratios) == 3
+    assert ratios[0] == pytest.approx(1.0)  # on-policy at the first pass
+    assert ratios[1] != pytest.approx(1.0) and ratios[2] != pytest.approx(1.0)  # later passes see the moved policy
+    assert step.metrics[LOSS_RATIO_MEAN] == pytest.approx(1.0)  # the first pass's metrics
+    assert step.metrics[LOSS_LAST_PASS_APPROX_KL] > 0 and 0 <= step.metrics[LOSS_LAST_PASS_CLIP_FRACTION] <= 1
+    assert learner.optimizer.state_dict()["state"][0]["step"] == 3
+
+
+def test_a_later_pass_that_turns_non_finite_leaves_weights_and_optimizer_as_before(monkeypatch):
+    c = make_controller()
+    learner = Learner(c, LearnerConfig(update_passes=3))
+    good = [make_record(c, 0, 50.0, float(r), action_seed=r) for r in range(4)]
+    learner.update(batch_of(good))
+    before, optimizer_state = params(c), learner.state_dict()["optimizer"]
+    calls = []
+    real = learner_module.compute_loss
+
+    def nan_at_third(**kwargs):
+        out = real(**kwargs)
+        calls.append(1)
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if len(calls) == 3 else out
+
+    monkeypatch.setattr(learner_module, "compute_loss", nan_at_third)
+    with pytest.raises(NonFiniteError, match="loss is nan"):
+        learner.update(batch_of(good))
+    assert len(calls) == 3 and learner.version == 1
+    assert all(torch.equal(before[k], v) for k, v in params(c).items())
+    after = learner.state_dict()["optimizer"]["state"]
+    assert all(torch.equal(optimizer_state["state"][i]["exp_avg"], s["exp_avg"]) for i, s in after.items())
+    assert all(float(optimizer_state["state"][i]["step"]) == float(s["step"]) for i, s in after.items())
+
+
+def test_update_passes_are_checked():
+    with pytest.raises(ValueError, match="update_passes must be >= 1"):
+        LearnerConfig(update_passes=0)
 
 
 @pytest.mark.parametrize("train_encoder", [False, True])

@@ -57,9 +57,6 @@ from rollout_workers import RolloutWorker, load_model
 
 log = logging.getLogger("adactrl.train")
 ENV_NAME = "adactrl-adaptive-inference"
-SGD_EPOCHS = 4
-"""PPO passes over each batch (one minibatch: the whole batch). RLlib's default is 30 on 4000-step
-batches; a few passes keep the clipped ratio meaningful on batches of 64 steps."""
 VF_LOSS_COEFF = 0.5
 ROLLOUT_MODEL_RUNS = "rollout/model_runs"
 """Model runs (episodes) sampled so far in the run: the x axis the two algorithms share."""
@@ -151,7 +148,7 @@ def ppo_config(config: TrainConfig, settings: EnvSettings, spec: dict, gpus: flo
                   grad_clip=config.learner.max_grad_norm, grad_clip_by="global_norm",
                   train_batch_size_per_learner=fragment * config.num_workers,
                   minibatch_size=fragment * config.num_workers,
-                  num_epochs=SGD_EPOCHS)  # fmt: skip
+                  num_epochs=config.learner.update_passes)  # fmt: skip
         .rl_module(rl_module_spec=RLModuleSpec(module_class=ControllerRLModule, model_config=spec))
         .callbacks(EpisodeSums)
         .debugging(seed=config.seed, log_level="WARN")
@@ -185,7 +182,7 @@ def run_ppo_training(
     try:
         recorder.log_params(config.to_params() | {"model.d_model": model.hidden_size,
                                                   "model.knob_space": json.dumps(model.knob_space.to_dict()),
-                                                  "ppo.sgd_epochs": SGD_EPOCHS, "ppo.vf_loss_coeff": VF_LOSS_COEFF})
+                                                  "ppo.vf_loss_coeff": VF_LOSS_COEFF})
         budget = run.calibrate()
         settings = EnvSettings(
             config.model_path, config.importance_scores_file, config.data.dataset_names, config.data.num_train_samples,
