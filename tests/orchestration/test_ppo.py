@@ -151,6 +151,17 @@ def test_grpo_stops_at_the_same_model_run_cap(tiny_model_dir, tmp_path):
     assert (outcome.state.step, outcome.state.epoch) == (2, 1)
 
 
+def test_ppo_takes_update_passes_as_rllibs_epochs(tiny_model_dir, tiny_model, tmp_path):
+    settings = EnvSettings(tiny_model_dir, None, ("synthetic",), 4, 0, None, (5.0, 500.0), RewardConfig(), 4, 0,
+                           cost_latency)  # fmt: skip
+    spec = module_config(Controller(ControllerConfig(d_model=tiny_model.hidden_size), tiny_model.knob_space),
+                         (5.0, 500.0), None)  # fmt: skip
+    for passes in (1, 3):
+        config = small_config(tmp_path / "run", tiny_model_dir, algorithm="ppo",
+                              learner=LearnerConfig(update_passes=passes))  # fmt: skip
+        assert ppo_config(config, settings, spec, 0).num_epochs == passes
+
+
 def test_ppo_refuses_grpo_only_settings():
     with pytest.raises(ValueError, match=r"--resume .*--stage1_lr_ratio.*use --algorithm grpo"):
         TrainConfig(algorithm="ppo", resume=True, learner=LearnerConfig(stage1_lr_ratio=0.5))

@@ -65,6 +65,17 @@ def test_advantage_scale_flag_reaches_the_learner_config():
     assert config_from_args(args).to_params()["learner.loss.advantage_scale"] == "none"
 
 
+def test_update_passes_flag_reaches_the_learner_config():
+    from adactrl.cli import build_parser
+    from adactrl.commands.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--update_passes", "2"])
+    assert config_from_args(args).learner.update_passes == 2
+    assert config_from_args(args).to_params()["learner.update_passes"] == 2
+    with pytest.raises(ValueError, match="update_passes must be >= 1"):
+        config_from_args(build_parser().parse_args(["train", "--update_passes", "0"]))
+
+
 def test_config_defaults_are_valid_and_flatten_for_mlflow():
     params = TrainConfig().to_params()
     assert params["group_size"] == 4 and params["learner.loss.loss"] == "grpo"
@@ -80,6 +91,7 @@ def test_config_defaults_are_valid_and_flatten_for_mlflow():
         (lambda: LossConfig(advantage_scale="rank"), "advantage_scale must be one of"),
         (lambda: LearnerConfig(stage1_lr_ratio=-1), "stage1_lr_ratio"),
         (lambda: LearnerConfig(plateau_factor=1.5), "plateau_factor"),
+        (lambda: LearnerConfig(update_passes=0), "update_passes must be >= 1"),
         (lambda: DataConfig(dataset_names="synthetic"), "non-empty list"),
         (lambda: DataConfig(num_train_samples=0), "num_train_samples"),
         (lambda: TrainConfig(oracle_samples=-1), "oracle_samples"),
