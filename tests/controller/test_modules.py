@@ -132,6 +132,24 @@ def test_sampling_is_reproducible_with_a_generator(controller):
     assert not torch.equal(draws[0], draws[2])
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_acting_gives_exactly_what_the_categorical_distributions_give(controller, greedy):
+    """act_stage1/2 skip building torch Categorical objects; every number must stay the same."""
+    lang, budget, token = _inputs()
+    lang, budget, token = lang.repeat(20, 1), budget.repeat(20), token.repeat(20, 1)  # [120, ...]
+    first = controller.act_stage1(lang, budget, greedy=greedy, generator=torch.Generator().manual_seed(3))
+    second = controller.act_stage2(token, first.indices[:, 1], lang, budget, greedy=greedy,
+                                   generator=torch.Generator().manual_seed(4))  # fmt: skip
+    generators = [torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)]
+    dists = [controller.stage1_dist(lang, budget), controller.stage2_dist(token, first.indices[:, 1], lang, budget)]
+    for action, pair, generator in zip((first, second), dists, generators):
+        indices = [d.probs.argmax(-1) if greedy else torch.multinomial(d.probs, 1, generator=generator).squeeze(-1)
+                   for d in pair]  # fmt: skip
+        assert torch.equal(action.indices, torch.stack(indices, -1))
+        assert torch.equal(action.log_prob, torch.stack([d.log_prob(i) for d, i in zip(pair, indices)], -1))
+        assert torch.equal(action.entropy, torch.stack([d.entropy() for d in pair], -1))
+
+
 def test_log_prob_rescores_sampled_actions(controller):
     lang, budget, token = _inputs()
     g = torch.Generator().manual_seed(3)
