@@ -53,7 +53,7 @@ INSERTION = "insertion"
 """Index of the chosen insertion position (0 before stage 1 acts)."""
 
 AnswerScore = Callable[[str, PreparedSample], float]
-"""(prediction, sample) -> the answer's score in [0, 1]; the default is the VQA score."""
+"""(prediction, sample) -> the answer's score in [0, 1]; the default is the sample's dataset metric (AnswerScorer)."""
 
 
 def observation_space(knob_space: KnobSpace, d_model: int) -> gym.spaces.Dict:

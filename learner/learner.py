@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.optim.lr_scheduler import ReduceLROnPlateau
-
 from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from adactrl.controller import Controller
 from adactrl.grpo import LossOutput

@@ -128,7 +128,8 @@ class Controller(nn.Module):
 
         insertion_idx indexes knob_space.insertion_positions; it is not a block count.
         """
-        return tuple(map(_categorical, self.stage2_logits(latency_token, insertion_idx, lang_feat, budget_ms)))
+        top_k_logits, blocks_logits = self.stage2_logits(latency_token, insertion_idx, lang_feat, budget_ms)
+        return _categorical(top_k_logits), _categorical(blocks_logits)
 
     def stage2_logits(
         self, latency_token: torch.Tensor, insertion_idx: torch.Tensor, lang_feat: torch.Tensor,

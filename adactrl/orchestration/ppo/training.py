@@ -36,7 +36,6 @@ from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, LEARNER_RESULTS, NUM_EPI
 from ray.tune.registry import register_env
 
 from adactrl.controller import Controller, ControllerConfig, load_controller, save_controller
-from adactrl.eval.scoring import AnswerScorer
 from adactrl.metrics import (
     LOSS_ENTROPY, LOSS_GRAD_NORM, LOSS_POLICY, LOSS_TOTAL, REWARD_PREFIX, ROLLOUT_ACCURACY, ROLLOUT_LATENCY_MS,
     ROLLOUT_VIOLATION_RATE, VAL_REWARD,
@@ -93,10 +92,8 @@ def make_env(env_config: Any) -> AdaptiveInferenceEnv:
     model = load_model(settings.model_path, settings.importance_scores_file, settings.device).to(settings.device)
     split = load_split(settings.dataset_names, "train", settings.num_train_samples, settings.data_seed,
                        data_dir=settings.data_dir)  # fmt: skip
-    scorer = AnswerScorer.for_split(split)  # each row scored with its dataset's metric, as the GRPO workers do
     return AdaptiveInferenceEnv(
         model, split, BudgetRange(*settings.budget_range_ms), reward=settings.reward, latency_fn=settings.latency_fn,
-        score=lambda prediction, sample: scorer(prediction, sample.answers, sample.family),
         max_new_tokens=settings.max_new_tokens, seed=settings.seed + getattr(env_config, "worker_index", 0),
         device=settings.device,
     )  # fmt: skip
